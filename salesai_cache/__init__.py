@@ -1,0 +1,83 @@
+"""
+Database-backed get-or-compute cache for AI analyses of sales conversations.
+
+``OpenAIAnalyzer``, ``SupabaseStore`` and ``PostgresStore`` are imported on
+first use, so ``import salesai_cache`` loads neither openai nor psycopg.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._analyzers.metrics import ConversationMetrics, ConversationMetricsAnalyzer
+from ._analyzers.schemas import SalesCallAnalysis, SkillScores
+from ._cache import AnalysisCache
+from ._models import (
+    AnalysisResult,
+    AnalyzerOutput,
+    CacheStatus,
+    StoredAnalysis,
+    TokenUsage,
+    Turn,
+)
+from ._protocols import AnalysisStore, Analyzer
+from ._transcripts import load_transcript_file, parse_transcript
+from ._version import __version__
+from .exceptions import (
+    AnalyzerError,
+    CacheStoreError,
+    InvalidInputError,
+    SalesAICacheError,
+    SchemaMismatchError,
+    SessionNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from ._analyzers.openai import OpenAIAnalyzer
+    from ._stores.postgres import PostgresStore
+    from ._stores.supabase import SupabaseStore
+
+__all__ = [
+    "AnalysisCache",
+    "AnalysisResult",
+    "AnalysisStore",
+    "Analyzer",
+    "AnalyzerError",
+    "AnalyzerOutput",
+    "CacheStatus",
+    "CacheStoreError",
+    "ConversationMetrics",
+    "ConversationMetricsAnalyzer",
+    "InvalidInputError",
+    "OpenAIAnalyzer",
+    "PostgresStore",
+    "SalesAICacheError",
+    "SalesCallAnalysis",
+    "SchemaMismatchError",
+    "SessionNotFoundError",
+    "SkillScores",
+    "StoredAnalysis",
+    "SupabaseStore",
+    "TokenUsage",
+    "Turn",
+    "__version__",
+    "load_transcript_file",
+    "parse_transcript",
+]
+
+_LAZY = {
+    "OpenAIAnalyzer": "._analyzers.openai",
+    "PostgresStore": "._stores.postgres",
+    "SupabaseStore": "._stores.supabase",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name], __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

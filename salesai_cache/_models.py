@@ -1,0 +1,137 @@
+"""
+Value types shared by the cache, its stores and its analyzers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .exceptions import InvalidInputError
+
+__all__ = [
+    "AnalysisResult",
+    "AnalyzerOutput",
+    "CacheStatus",
+    "StoredAnalysis",
+    "TokenUsage",
+    "Turn",
+    "validate_session_id",
+]
+
+AnalysisT = TypeVar("AnalysisT", bound=BaseModel)
+
+
+class Turn(BaseModel):
+    """
+    One utterance of a conversation: who spoke and what they said.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    speaker: str = Field(min_length=1)
+    text: str
+
+
+class TokenUsage(BaseModel):
+    """
+    Tokens that one analyzer call consumed, as reported by the model provider.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    total_tokens: int = Field(default=0, ge=0)
+
+
+@dataclass(frozen=True)
+class AnalyzerOutput(Generic[AnalysisT]):
+    """
+    An analysis as the analyzer produced it, with the model and its token usage.
+    """
+
+    analysis: AnalysisT
+    model: str
+    usage: TokenUsage
+
+
+@dataclass(frozen=True)
+class StoredAnalysis:
+    """
+    One ``salesai_analysis_results`` row as a store returns it.
+
+    ``analysis`` is the raw JSON object from the ``analysis`` column; the cache
+    validates it against the analyzer's output model.
+    """
+
+    session_id: str
+    analysis: dict[str, Any]
+    model: str
+    usage: TokenUsage
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+
+
+class CacheStatus(str, enum.Enum):
+    """
+    How ``get_or_compute`` obtained an analysis.
+    """
+
+    HIT = "hit"
+    """Read from the database; the analyzer was not called."""
+
+    MISS = "miss"
+    """Computed by the analyzer and stored."""
+
+
+@dataclass(frozen=True)
+class AnalysisResult(Generic[AnalysisT]):
+    """
+    An analysis returned by the cache, with where it came from.
+
+    ``usage`` is the token usage stored with the analysis: on a hit, the tokens
+    that the cache saved by not calling the analyzer again.
+    """
+
+    session_id: str
+    analysis: AnalysisT
+    model: str
+    usage: TokenUsage
+    status: CacheStatus
+    created_at: dt.datetime | None
+
+    @property
+    def from_cache(self) -> bool:
+        """
+        Whether the analysis was read from the database.
+        """
+        return self.status is CacheStatus.HIT
+
+
+def validate_session_id(session_id: object) -> str:
+    """
+    Return ``session_id`` as a canonical lowercase UUID string.
+
+    Raises:
+        InvalidInputError: ``session_id`` is not a UUID or a UUID string.
+    """
+    if isinstance(session_id, uuid.UUID):
+        return str(session_id)
+    if not isinstance(session_id, str):
+        raise InvalidInputError(
+            f"invalid session id {session_id!r}: expected a UUID string, "
+            f"got {type(session_id).__name__}"
+        )
+    try:
+        return str(uuid.UUID(session_id))
+    except ValueError:
+        raise InvalidInputError(
+            f"invalid session id {session_id!r}: expected a UUID such as "
+            "'0b5f6c1e-8d2a-4c2e-9a55-3f1f4f0c7a11'"
+        ) from None

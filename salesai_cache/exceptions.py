@@ -1,0 +1,83 @@
+"""
+Exceptions raised by salesai_cache.
+
+Runtime failures share one root, so ``except SalesAICacheError`` catches every
+failure of the cache, its stores and its analyzers::
+
+    SalesAICacheError
+    ├── CacheStoreError          a database or PostgREST call failed
+    │   └── SchemaMismatchError  a table, column or constraint is missing
+    ├── SessionNotFoundError     no salesai_sessions row has the session id
+    └── AnalyzerError            the analyzer (for example OpenAI) failed
+
+Misuse, such as a session id that is not a UUID or an empty transcript, raises
+``InvalidInputError``. It derives from ``ValueError`` and stays outside the
+runtime root, because retrying the same call cannot succeed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnalyzerError",
+    "CacheStoreError",
+    "InvalidInputError",
+    "SalesAICacheError",
+    "SchemaMismatchError",
+    "SessionNotFoundError",
+]
+
+
+class SalesAICacheError(Exception):
+    """
+    Base class of every runtime failure raised by salesai_cache.
+    """
+
+
+class CacheStoreError(SalesAICacheError):
+    """
+    A call to the database failed.
+
+    ``code`` is the PostgreSQL SQLSTATE or PostgREST error code (for example
+    ``42501`` or ``PGRST116``) when the server sent one, else ``None``. The
+    original exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SchemaMismatchError(CacheStoreError):
+    """
+    The database lacks a table, column or constraint that the cache uses.
+
+    The message names the SQL file to apply.
+    """
+
+
+class SessionNotFoundError(SalesAICacheError):
+    """
+    No ``salesai_sessions`` row has the requested session id.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"session {session_id} not found in salesai_sessions: create the "
+            "session row before analysing it"
+        )
+        self.session_id = session_id
+
+
+class AnalyzerError(SalesAICacheError):
+    """
+    The analyzer failed to produce an analysis, so nothing was stored.
+
+    The original exception, such as an ``openai.APIError``, is chained as
+    ``__cause__``.
+    """
+
+
+class InvalidInputError(ValueError):
+    """
+    An argument is invalid. The message names the value.
+    """
