@@ -138,9 +138,7 @@ class AnalysisCache(Generic[AnalysisT]):
             )
         return cached
 
-    def _read(
-        self, stored: StoredAnalysis | None
-    ) -> AnalysisResult[AnalysisT] | None:
+    def _read(self, stored: StoredAnalysis | None) -> AnalysisResult[AnalysisT] | None:
         if stored is None:
             return None
         try:

@@ -1,16 +1,19 @@
 """
 Access to the SQL files shipped with the package.
-
-A wheel carries the repository's ``sql/`` folder as ``salesai_cache/sql``. In
-a source checkout (an editable install) that folder does not exist inside the
-package, so the repository's own ``sql/`` is read instead.
 """
 
 from __future__ import annotations
 
-from importlib import resources
-from importlib.resources.abc import Traversable
-from pathlib import Path
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
+
+from ._resources import packaged_folder
 
 __all__ = ["list_sql_files", "migration_names", "read_sql", "sql_root"]
 
@@ -19,15 +22,7 @@ def sql_root() -> Traversable:
     """
     Return the folder that contains ``setup.sql``, ``policies.sql`` and ``migrations/``.
     """
-    packaged = resources.files("salesai_cache") / "sql"
-    if packaged.is_dir():
-        return packaged
-    checkout = Path(__file__).resolve().parent.parent / "sql"
-    if checkout.is_dir():
-        return checkout
-    raise FileNotFoundError(
-        "the salesai_cache SQL files are missing: reinstall the package"
-    )
+    return packaged_folder("sql")
 
 
 def list_sql_files() -> list[str]:

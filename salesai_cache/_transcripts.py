@@ -5,6 +5,7 @@ Parsing of transcripts: a JSON list of turns, or plain ``Speaker: text`` lines.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ def parse_transcript(value: TranscriptInput) -> tuple[Turn, ...]:
     """
     if isinstance(value, bytes):
         try:
-            value = value.decode("utf-8")
+            # utf-8-sig drops the byte-order mark that Windows editors write,
+            # which would otherwise hide a JSON list behind "\ufeff".
+            value = value.decode("utf-8-sig")
         except UnicodeDecodeError as error:
             raise InvalidInputError(
                 f"transcript is not valid UTF-8: byte {error.start} is "
@@ -73,7 +76,20 @@ def _parse_text(text: str) -> tuple[Turn, ...]:
                 f"transcript looks like JSON but is invalid: {error}"
             ) from None
         return tuple(_parse_turn(item, index) for index, item in enumerate(data))
-    return _parse_lines(stripped)
+    if stripped.startswith("{"):
+        # Read as lines, a JSON object would become one turn whose speaker is
+        # its first key, so name the mistake instead.
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError:
+            pass
+        else:
+            raise InvalidInputError(
+                f"transcript is a JSON object with keys {sorted(data)}: expected "
+                "a JSON list of turns"
+            )
+    # The unstripped text keeps line numbers in messages true to the input.
+    return _parse_lines(text)
 
 
 def _parse_lines(text: str) -> tuple[Turn, ...]:
@@ -85,7 +101,7 @@ def _parse_lines(text: str) -> tuple[Turn, ...]:
         if not line.strip():
             continue
         speaker, separator, said = line.partition(":")
-        if separator and speaker.strip() and len(speaker) <= 64:
+        if separator and _is_speaker(speaker, said):
             turns.append(Turn(speaker=speaker.strip(), text=said.strip()))
         elif turns:
             previous = turns[-1]
@@ -97,6 +113,22 @@ def _parse_lines(text: str) -> tuple[Turn, ...]:
                 f"got a line of {len(line)} characters without a speaker"
             )
     return tuple(turns)
+
+
+def _is_speaker(label: str, rest: str) -> bool:
+    """
+    Return whether ``label``, the text before a line's first colon, is a
+    speaker label.
+
+    A colon inside a time ("at 10:30") or a URL ("https://") belongs to a
+    continuation line, not to a speaker.
+    """
+    label = label.strip()
+    if not label or len(label) > 64:
+        return False
+    if label[-1].isdigit() and rest[:1].isdigit():
+        return False
+    return not rest.startswith("//")
 
 
 def _parse_turn(item: object, index: int) -> Turn:
@@ -129,13 +161,15 @@ def transcript_to_json(turns: Sequence[Turn]) -> list[dict[str, str]]:
     return [{"speaker": turn.speaker, "text": turn.text} for turn in turns]
 
 
-def load_transcript_file(path: Path) -> tuple[Turn, ...]:
+def load_transcript_file(path: str | os.PathLike[str]) -> tuple[Turn, ...]:
     """
     Read and parse one transcript file (``.json`` or ``Speaker: text`` lines).
 
     Raises:
+        OSError: the file cannot be read.
         InvalidInputError: the file is not a transcript; the message names it.
     """
+    path = Path(path)
     try:
         return parse_transcript(path.read_bytes())
     except InvalidInputError as error:

@@ -1,0 +1,230 @@
+"""
+Helpers shared by both stores: the columns they read, the conversion of a row
+to ``StoredAnalysis``, and the translation of database error codes into library
+exceptions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .._models import StoredAnalysis, TokenUsage
+from ..exceptions import (
+    CacheStoreError,
+    SalesAICacheError,
+    SchemaMismatchError,
+    SessionNotFoundError,
+)
+
+__all__ = [
+    "ANALYSIS_COLUMNS",
+    "ANALYSIS_TABLE",
+    "MIGRATION_001",
+    "SESSIONS_TABLE",
+    "SETUP_SQL",
+    "parse_timestamp",
+    "row_to_stored",
+    "translate_error",
+]
+
+ANALYSIS_TABLE = "salesai_analysis_results"
+SESSIONS_TABLE = "salesai_sessions"
+
+# Named explicitly rather than ``*`` so that a database missing one of them
+# fails with "column does not exist" instead of returning a row without it.
+ANALYSIS_COLUMNS = (
+    "session_id",
+    "analysis",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "created_at",
+    "updated_at",
+)
+
+SETUP_SQL = "sql/setup.sql"
+MIGRATION_001 = "sql/migrations/001_add_conversation_id_and_caching.sql"
+
+_RELOAD_HINT = (
+    "If you applied it just now, reload the PostgREST schema cache with "
+    "\"notify pgrst, 'reload schema'\" (or restart the API)."
+)
+
+# PostgreSQL prints timestamptz in JSON with 0 to 6 fractional digits and an
+# offset such as +00:00 or +05:30; datetime.fromisoformat on Python 3.10
+# accepts only 3 or 6 digits and no "Z", so the text is normalised first.
+_TIMESTAMP = re.compile(
+    r"^(?P<base>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})"
+    r"(?:\.(?P<fraction>\d{1,9}))?"
+    r"(?P<offset>Z|[+-]\d{2}(?::?\d{2})?)?$"
+)
+
+
+def parse_timestamp(value: object) -> dt.datetime | None:
+    """
+    Return a timestamp column as a datetime.
+
+    Accepts the datetimes that psycopg returns and the ISO 8601 strings that
+    PostgREST returns, such as ``2026-12-04T15:18:44.12345+00:00``.
+
+    Raises:
+        ValueError: ``value`` is neither ``None``, a datetime nor an ISO
+            8601 timestamp.
+    """
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a timestamp, got {type(value).__name__}")
+    match = _TIMESTAMP.match(value.strip())
+    if match is None:
+        raise ValueError(f"invalid timestamp {value!r}")
+    text = match["base"].replace(" ", "T")
+    if match["fraction"]:
+        text += "." + match["fraction"][:6].ljust(6, "0")
+    offset = match["offset"]
+    if offset == "Z":
+        text += "+00:00"
+    elif offset:
+        digits = offset[1:].replace(":", "")
+        text += f"{offset[0]}{digits[:2]}:{digits[2:4] or '00'}"
+    return dt.datetime.fromisoformat(text)
+
+
+def _count(value: object) -> int:
+    # A NULL token count, possible in rows written before the columns had
+    # defaults, means "not recorded", which TokenUsage spells 0.
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer token count, got {value!r}")
+    return value
+
+
+def row_to_stored(row: Mapping[str, Any]) -> StoredAnalysis:
+    """
+    Return one ``salesai_analysis_results`` row as a ``StoredAnalysis``.
+
+    ``analysis`` is passed on as decoded; when it is not a JSON object the
+    cache's validation rejects it and the analysis is computed again.
+
+    Raises:
+        CacheStoreError: the row lacks a column or a value has the wrong type.
+    """
+    try:
+        return StoredAnalysis(
+            session_id=str(row["session_id"]),
+            analysis=row["analysis"],
+            model=str(row["model"]),
+            usage=TokenUsage(
+                prompt_tokens=_count(row.get("prompt_tokens")),
+                completion_tokens=_count(row.get("completion_tokens")),
+                total_tokens=_count(row.get("total_tokens")),
+            ),
+            created_at=parse_timestamp(row.get("created_at")),
+            updated_at=parse_timestamp(row.get("updated_at")),
+        )
+    except KeyError as error:
+        raise CacheStoreError(
+            f"row of {ANALYSIS_TABLE} has no column {error.args[0]!r}: compare "
+            f"the table with {SETUP_SQL}"
+        ) from error
+    except ValueError as error:
+        # pydantic's ValidationError is a ValueError too (negative counts).
+        raise CacheStoreError(
+            f"row of {ANALYSIS_TABLE} has an invalid value: {error}"
+        ) from error
+
+
+def translate_error(
+    code: str | None,
+    server_message: str | None,
+    *,
+    action: str,
+    table: str,
+    session_id: str | None = None,
+    schema_cache: bool = False,
+) -> SalesAICacheError:
+    """
+    Return the library exception for a failed database call.
+
+    Args:
+        code: the SQLSTATE or PostgREST code, such as ``42P01`` or ``PGRST205``.
+        server_message: the server's one-line message. PostgreSQL puts the
+            values of a failing row in the detail, which is left out.
+        action: what the store was doing, such as ``"reading the analysis of
+            session <id>"``.
+        table: the table (or tables) the call used.
+        session_id: the session the call was about; a foreign key violation
+            then becomes ``SessionNotFoundError``.
+        schema_cache: the call went through PostgREST, whose schema cache can
+            lag behind the database.
+
+    Returns:
+        The exception; the caller raises it ``from`` the original error.
+    """
+    server_text = f" Server message: {server_message.strip()}" if server_message else ""
+    failed = f"{action} failed ({code or 'no error code'})"
+    reload_hint = f" {_RELOAD_HINT}" if schema_cache else ""
+
+    if code == "23503" and session_id is not None:
+        return SessionNotFoundError(session_id)
+    if code in {"42P01", "PGRST205"}:
+        return SchemaMismatchError(
+            f"{failed}: table {table} does not exist. Apply {SETUP_SQL} to create "
+            f"the tables.{reload_hint}{server_text}",
+            code=code,
+        )
+    if code in {"42703", "PGRST204"}:
+        return SchemaMismatchError(
+            f"{failed}: a column of {table} does not exist. Apply {MIGRATION_001} "
+            f"(it adds salesai_sessions.conversation_id) or compare the table "
+            f"with {SETUP_SQL}.{reload_hint}{server_text}",
+            code=code,
+        )
+    if code == "PGRST200":
+        return SchemaMismatchError(
+            f"{failed}: PostgREST finds no foreign key from {ANALYSIS_TABLE}."
+            f"session_id to {SESSIONS_TABLE}.id. Apply {SETUP_SQL}.{reload_hint}"
+            f"{server_text}",
+            code=code,
+        )
+    if code == "42P10":
+        return SchemaMismatchError(
+            f"{failed}: {ANALYSIS_TABLE} has no unique constraint on session_id, "
+            f"which the upsert needs. Apply {MIGRATION_001} (it adds "
+            f"{ANALYSIS_TABLE}_session_id_key).{reload_hint}{server_text}",
+            code=code,
+        )
+    if code == "42501":
+        return CacheStoreError(
+            f"{failed}: permission denied on {table}. sql/policies.sql lets users "
+            "read only their own sessions and analyses, and lets only the service "
+            "role write analyses, so run the cache on the server with the "
+            f"service-role key or a database role.{server_text}",
+            code=code,
+        )
+    if code in {"PGRST301", "PGRST302", "PGRST303", "401"}:
+        return CacheStoreError(
+            f"{failed}: the API key or user JWT was rejected. Check the key passed "
+            "to create_client and that the user's session has not expired."
+            f"{server_text}",
+            code=code,
+        )
+    if code == "23505":
+        return CacheStoreError(
+            f"{failed}: a row of {table} with the same key exists and was not "
+            f"merged. Check that the unique constraint on session_id exists "
+            f"({MIGRATION_001}).{server_text}",
+            code=code,
+        )
+    if code is not None and code.startswith(("08", "53", "57P", "PGRST00")):
+        return CacheStoreError(
+            f"{failed}: the database is unavailable or overloaded, so retry later."
+            f"{server_text}",
+            code=code,
+        )
+    return CacheStoreError(f"{failed} on {table}.{server_text}", code=code)

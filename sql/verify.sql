@@ -1,0 +1,208 @@
+-- Checks that a database has everything salesai-cache needs.
+--
+-- Purpose: run after setup.sql and policies.sql, or after a migration, to see
+--   whether the schema is complete. Returns one row per check, with columns
+--   check_name text, passed boolean, detail text; every passed must be true.
+-- Objects touched: none. It only reads the catalog and counts rows.
+-- Checks, in order: both tables exist; salesai_sessions.conversation_id
+--   exists; the unique constraint salesai_analysis_results_session_id_key
+--   exists; the index idx_salesai_sessions_conversation exists; no session
+--   has more than one analysis; row-level security is on for both tables; the
+--   policies of policies.sql exist on both tables.
+-- Form: one select statement, so that any client (psql, Supabase's SQL
+--   editor, psycopg) gets a single result set. It needs no begin/commit: a
+--   read-only statement runs in a transaction of its own.
+-- Missing tables are reported as failed rows, not as an error: the one query
+--   that reads a table runs only when the table exists. A plain select can
+--   name a table that may not exist only inside a query passed as text to a
+--   function that runs it. ts_stat() is such a function in every build;
+--   query_to_xml() is another but needs a server built with libxml, which
+--   the embedded server of the tests is not.
+-- Re-runnable: yes. Rollback: none needed.
+-- Tested: on the legacy schema (failing rows), after migration 001 and after
+--   setup.sql plus policies.sql (all passing), and on a database without the
+--   tables, on PostgreSQL 15 and 18 (tests/test_sql_migration.py,
+--   tests/test_sql_setup.py).
+
+with
+tables as (
+  select
+    to_regclass('public.salesai_sessions') as sessions,
+    to_regclass('public.salesai_analysis_results') as results
+),
+expected_policies (table_name, policy_name) as (
+  values
+    ('salesai_sessions', 'Users can read their own sessions'),
+    ('salesai_sessions', 'Users can create their own sessions'),
+    ('salesai_sessions', 'Users can update their own sessions'),
+    ('salesai_sessions', 'Users can delete their own sessions'),
+    ('salesai_sessions', 'Service role can read all sessions'),
+    ('salesai_sessions', 'Service role can create sessions'),
+    ('salesai_sessions', 'Service role can update sessions'),
+    ('salesai_sessions', 'Service role can delete sessions'),
+    ('salesai_analysis_results', 'Users can read analyses of their own sessions'),
+    ('salesai_analysis_results', 'Service role can read all analyses'),
+    ('salesai_analysis_results', 'Service role can create analyses'),
+    ('salesai_analysis_results', 'Service role can update analyses'),
+    ('salesai_analysis_results', 'Service role can delete analyses')
+),
+policy_status as (
+  select
+    expected.table_name,
+    count(*) as expected_count,
+    string_agg(format('"%s"', expected.policy_name), ', '
+      order by expected.policy_name)
+      filter (where actual.policyname is null) as missing
+  from expected_policies as expected
+  left join pg_catalog.pg_policies as actual
+    on actual.schemaname = 'public'
+    and actual.tablename = expected.table_name
+    and actual.policyname = expected.policy_name
+  group by expected.table_name
+),
+duplicates as (
+  select
+    case
+      when tables.results is not null then (
+        -- One document per session with several analyses: ndoc counts them.
+        select coalesce(sum(stat.ndoc), 0)
+        from ts_stat(
+          'select to_tsvector(''simple'', ''duplicated'')
+           from public.salesai_analysis_results
+           group by session_id
+           having count(*) > 1'
+        ) as stat
+      )
+    end as sessions
+  from tables
+),
+checks (position, check_name, passed, detail) as (
+  select
+    1,
+    'sessions_table_exists',
+    tables.sessions is not null,
+    case
+      when tables.sessions is not null then 'public.salesai_sessions exists'
+      else 'public.salesai_sessions is missing: run setup.sql'
+    end
+  from tables
+  union all
+  select
+    2,
+    'analysis_results_table_exists',
+    tables.results is not null,
+    case
+      when tables.results is not null
+        then 'public.salesai_analysis_results exists'
+      else 'public.salesai_analysis_results is missing: run setup.sql'
+    end
+  from tables
+  union all
+  select
+    3,
+    'conversation_id_column_exists',
+    found,
+    case
+      when found then 'salesai_sessions.conversation_id exists'
+      else 'salesai_sessions.conversation_id is missing: run migration 001'
+    end
+  from (
+    select exists (
+      select
+      from pg_catalog.pg_attribute as attribute, tables
+      where attribute.attrelid = tables.sessions
+        and attribute.attname = 'conversation_id'
+        and not attribute.attisdropped
+    ) as found
+  ) as column_check
+  union all
+  select
+    4,
+    'session_id_unique_constraint_exists',
+    found,
+    case
+      when found then 'salesai_analysis_results_session_id_key exists'
+      else 'salesai_analysis_results_session_id_key is missing: run migration 001'
+    end
+  from (
+    select exists (
+      select
+      from pg_catalog.pg_constraint as con, tables
+      where con.conrelid = tables.results
+        and con.conname = 'salesai_analysis_results_session_id_key'
+        and con.contype = 'u'
+    ) as found
+  ) as constraint_check
+  union all
+  select
+    5,
+    'conversation_id_index_exists',
+    found,
+    case
+      when found then 'idx_salesai_sessions_conversation exists'
+      else 'idx_salesai_sessions_conversation is missing: run migration 001'
+    end
+  from (
+    select exists (
+      select
+      from pg_catalog.pg_index as ind, tables
+      where ind.indrelid = tables.sessions
+        and ind.indexrelid = to_regclass('public.idx_salesai_sessions_conversation')
+    ) as found
+  ) as index_check
+  union all
+  select
+    6,
+    'no_duplicate_analyses',
+    coalesce(duplicates.sessions = 0, false),
+    case
+      when duplicates.sessions is null
+        then 'cannot count: public.salesai_analysis_results is missing'
+      when duplicates.sessions = 0 then 'every session has at most one analysis'
+      else duplicates.sessions || ' sessions have several analyses: '
+        || 'run migration 001'
+    end
+  from duplicates
+  union all
+  select
+    7,
+    'sessions_rls_enabled',
+    coalesce(class.relrowsecurity, false),
+    case
+      when class.relrowsecurity then 'row-level security is on for salesai_sessions'
+      else 'row-level security is off for salesai_sessions: run policies.sql'
+    end
+  from tables
+  left join pg_catalog.pg_class as class on class.oid = tables.sessions
+  union all
+  select
+    8,
+    'analysis_results_rls_enabled',
+    coalesce(class.relrowsecurity, false),
+    case
+      when class.relrowsecurity
+        then 'row-level security is on for salesai_analysis_results'
+      else 'row-level security is off for salesai_analysis_results: run policies.sql'
+    end
+  from tables
+  left join pg_catalog.pg_class as class on class.oid = tables.results
+  union all
+  select
+    case policy_status.table_name when 'salesai_sessions' then 9 else 10 end,
+    case policy_status.table_name
+      when 'salesai_sessions' then 'sessions_policies_exist'
+      else 'analysis_results_policies_exist'
+    end,
+    policy_status.missing is null,
+    case
+      when policy_status.missing is null
+        then 'all ' || policy_status.expected_count || ' policies on '
+          || policy_status.table_name || ' exist'
+      else 'missing on ' || policy_status.table_name || ': '
+        || policy_status.missing || '; run policies.sql'
+    end
+  from policy_status
+)
+select check_name::text, passed, detail::text
+from checks
+order by position;

@@ -1,0 +1,426 @@
+"""
+A mini PostgREST for the tests, served through respx.
+
+It serves exactly the requests that SupabaseStore sends, by running the SQL
+that PostgREST would run on the real test database, as the role named by the
+request's JWT (service_role, authenticated with its ``sub``, or anon) and with
+``request.jwt.claims`` set, so row-level security applies as on Supabase.
+Replies have PostgREST's shape: status codes from its SQLSTATE table,
+``Content-Range``, and error bodies ``{"code", "details", "hint", "message"}``.
+
+Any other request raises ``UnexpectedRequest``, so a change in what the store
+sends fails the tests instead of passing against a lenient fake.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import psycopg
+import respx
+from psycopg import sql
+
+from salesai_cache._local.database import as_role
+
+__all__ = [
+    "ANON_KEY",
+    "HOST",
+    "JWT_SECRET",
+    "SERVICE_ROLE_KEY",
+    "URL",
+    "PostgrestEmulator",
+    "UnexpectedRequest",
+    "make_jwt",
+    "user_jwt",
+]
+
+HOST = "supabase.test"
+URL = f"http://{HOST}"
+JWT_SECRET = b"salesai-cache-tests-jwt-secret-at-least-32-bytes"
+
+RESULTS = "salesai_analysis_results"
+SESSIONS = "salesai_sessions"
+RESULT_COLUMNS = frozenset(
+    {
+        "id",
+        "session_id",
+        "analysis",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "created_at",
+        "updated_at",
+    }
+)
+EMBED = f"{SESSIONS}!inner(conversation_id)"
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class UnexpectedRequest(AssertionError):
+    """
+    The store sent a request that the emulator was not written for.
+    """
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def make_jwt(claims: Mapping[str, Any], secret: bytes = JWT_SECRET) -> str:
+    """
+    Return an HS256 JWT, as Supabase signs its API keys and user tokens.
+    """
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = _b64(json.dumps(dict(claims)).encode())
+    signature = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256)
+    return f"{header}.{payload}.{_b64(signature.digest())}"
+
+
+def user_jwt(user_id: str, *, expires_in: int = 3600) -> str:
+    """
+    Return the access token of a signed-in user.
+    """
+    return make_jwt(
+        {
+            "sub": user_id,
+            "role": "authenticated",
+            "aud": "authenticated",
+            "exp": int(time.time()) + expires_in,
+        }
+    )
+
+
+SERVICE_ROLE_KEY = make_jwt({"role": "service_role", "iss": "supabase"})
+ANON_KEY = make_jwt({"role": "anon", "iss": "supabase"})
+
+
+def _decode_jwt(token: str) -> dict[str, Any] | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    expected = hmac.new(JWT_SECRET, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256)
+    if not hmac.compare_digest(_b64(expected.digest()), parts[2]):
+        return None
+    padded = parts[1] + "=" * (-len(parts[1]) % 4)
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(padded))
+    return claims
+
+
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    details: str | None = None,
+    hint: str | None = None,
+) -> httpx.Response:
+    body = {"code": code, "details": details, "hint": hint, "message": message}
+    return httpx.Response(status, json=body)
+
+
+def _status_for(sqlstate: str, role: str) -> int:
+    """
+    Return the HTTP status PostgREST gives a SQLSTATE (its documented table).
+    """
+    if sqlstate == "42501":
+        return 401 if role == "anon" else 403
+    exact = {
+        "23503": 409,
+        "23505": 409,
+        "25006": 405,
+        "42883": 404,
+        "42P01": 404,
+        "42P17": 500,
+        "53400": 500,
+        "P0001": 400,
+    }
+    if sqlstate in exact:
+        return exact[sqlstate]
+    prefixes = {
+        "08": 503,
+        "09": 500,
+        "0L": 403,
+        "0P": 403,
+        "25": 500,
+        "28": 403,
+        "2D": 500,
+        "38": 500,
+        "39": 500,
+        "3B": 500,
+        "40": 500,
+        "53": 503,
+        "54": 500,
+        "55": 500,
+        "57": 500,
+        "58": 500,
+        "F0": 500,
+        "HV": 500,
+        "P0": 500,
+        "XX": 500,
+    }
+    return prefixes.get(sqlstate[:2], 400)
+
+
+def _columns(select: str) -> list[str]:
+    columns = select.split(",")
+    for column in columns:
+        if not _IDENTIFIER.match(column):
+            raise UnexpectedRequest(f"select item {column!r} is not a plain column")
+    return columns
+
+
+def _eq(value: str, what: str) -> str:
+    # PostgREST reads everything after "eq." of a top-level filter as the
+    # value, with no unquoting.
+    if not value.startswith("eq."):
+        raise UnexpectedRequest(f"{what}: expected an eq. filter, got {value!r}")
+    return value[len("eq.") :]
+
+
+def _limit(value: str) -> int:
+    if not value.isdigit():
+        raise UnexpectedRequest(f"limit {value!r} is not a non-negative integer")
+    return int(value)
+
+
+class PostgrestEmulator:
+    """
+    A respx side effect that plays PostgREST for the store's requests.
+
+    Args:
+        database_url: the test database; the emulator opens its own
+            connection, as PostgREST has its own pool.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self._conn = psycopg.connect(database_url, autocommit=True)
+        # Supabase databases run in UTC, so timestamps come back as +00:00.
+        self._conn.execute("set timezone to 'UTC'")
+        self.requests: list[httpx.Request] = []
+        self.responses: list[httpx.Response] = []
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def install(self, router: respx.MockRouter) -> respx.Route:
+        """
+        Route every request to the emulated host through the emulator.
+        """
+        return router.route(host=HOST).mock(side_effect=self)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        response = self._answer(request)
+        self.responses.append(response)
+        return response
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        prefix = "/rest/v1/"
+        if not request.url.path.startswith(prefix):
+            raise UnexpectedRequest(f"path {request.url.path} is not under {prefix}")
+        table = request.url.path[len(prefix) :]
+        if table not in {RESULTS, SESSIONS}:
+            raise UnexpectedRequest(f"table {table!r}")
+        for header in ("Accept-Profile", "Content-Profile"):
+            if request.headers.get(header, "public") != "public":
+                raise UnexpectedRequest(f"{header}: {request.headers[header]}")
+        if "apikey" not in request.headers:
+            raise UnexpectedRequest("no apikey header")
+
+        claims = self._claims(request)
+        if isinstance(claims, httpx.Response):
+            return claims
+        if self._missing_table(table):
+            return _error(
+                404,
+                "PGRST205",
+                f"Could not find the table 'public.{table}' in the schema cache",
+            )
+
+        params = request.url.params
+        keys = sorted(params.keys())
+        if any(len(params.get_list(key)) != 1 for key in keys):
+            raise UnexpectedRequest(f"repeated query parameter in {params}")
+        shape = (request.method, table, tuple(keys))
+        if shape == ("GET", RESULTS, ("limit", "select", "session_id")):
+            return self._run(claims, *self._fetch(params))
+        if shape == (
+            "GET",
+            RESULTS,
+            ("limit", "order", "salesai_sessions.conversation_id", "select"),
+        ):
+            return self._run(claims, *self._by_conversation(params))
+        if shape == ("GET", SESSIONS, ("id", "limit", "select")):
+            return self._run(claims, *self._transcript(params))
+        if shape == ("POST", RESULTS, ("on_conflict", "select")):
+            return self._upsert(claims, request)
+        raise UnexpectedRequest(f"{request.method} {request.url}")
+
+    def _claims(self, request: httpx.Request) -> dict[str, Any] | httpx.Response:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not token:
+            raise UnexpectedRequest("no Bearer token in Authorization")
+        claims = _decode_jwt(token)
+        if claims is None:
+            return _error(401, "PGRST301", "No suitable key or wrong key type")
+        if "exp" in claims and claims["exp"] <= time.time():
+            return _error(401, "PGRST303", "JWT expired")
+        if claims.get("role") not in {"anon", "authenticated", "service_role"}:
+            raise UnexpectedRequest(f"JWT role {claims.get('role')!r}")
+        return claims
+
+    def _missing_table(self, table: str) -> bool:
+        row = self._conn.execute(
+            "select to_regclass(%s) is null", (f"public.{table}",)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def _fetch(self, params: httpx.QueryParams) -> tuple[sql.Composable, list[Any]]:
+        columns = _columns(params["select"])
+        query = sql.SQL("select {} from public.{} where session_id = %s limit %s")
+        return (
+            query.format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.Identifier(RESULTS),
+            ),
+            [_eq(params["session_id"], "session_id"), _limit(params["limit"])],
+        )
+
+    def _by_conversation(
+        self, params: httpx.QueryParams
+    ) -> tuple[sql.Composable, list[Any]]:
+        select = params["select"]
+        if not select.endswith(f",{EMBED}"):
+            raise UnexpectedRequest(f"select {select!r} lacks {EMBED}")
+        if params["order"] != "updated_at.desc":
+            raise UnexpectedRequest(f"order {params['order']!r}")
+        columns = _columns(select[: -len(EMBED) - 1])
+        # The embedded resource comes back as an object under its name, as
+        # PostgREST returns a many-to-one embed.
+        query = sql.SQL(
+            "select {}, json_build_object('conversation_id', s.conversation_id) "
+            "as {} from public.{} r join public.{} s on s.id = r.session_id "
+            "where s.conversation_id = %s order by r.updated_at desc limit %s"
+        )
+        return (
+            query.format(
+                sql.SQL(", ").join(sql.Identifier("r", column) for column in columns),
+                sql.Identifier(SESSIONS),
+                sql.Identifier(RESULTS),
+                sql.Identifier(SESSIONS),
+            ),
+            [
+                _eq(params["salesai_sessions.conversation_id"], "conversation_id"),
+                _limit(params["limit"]),
+            ],
+        )
+
+    def _transcript(
+        self, params: httpx.QueryParams
+    ) -> tuple[sql.Composable, list[Any]]:
+        if params["select"] != "transcript":
+            raise UnexpectedRequest(f"select {params['select']!r}")
+        query = sql.SQL("select transcript from public.{} where id = %s limit %s")
+        return (
+            query.format(sql.Identifier(SESSIONS)),
+            [_eq(params["id"], "id"), _limit(params["limit"])],
+        )
+
+    def _upsert(self, claims: dict[str, Any], request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        if params["on_conflict"] != "session_id":
+            raise UnexpectedRequest(f"on_conflict {params['on_conflict']!r}")
+        prefer = {part.strip() for part in request.headers.get("Prefer", "").split(",")}
+        if prefer != {"resolution=merge-duplicates", "return=representation"}:
+            raise UnexpectedRequest(f"Prefer {request.headers.get('Prefer')!r}")
+        if request.headers.get("Content-Type") != "application/json":
+            raise UnexpectedRequest(f"Content-Type {request.headers['Content-Type']}")
+        body = json.loads(request.content)
+        if not isinstance(body, dict):
+            raise UnexpectedRequest("the upsert body is not one JSON object")
+        known = self._table_columns(RESULTS)
+        for key in body:
+            if key not in known:
+                return _error(
+                    400,
+                    "PGRST204",
+                    f"Could not find the '{key}' column of '{RESULTS}' in the "
+                    "schema cache",
+                )
+        columns = _columns(params["select"])
+        keys = list(body)
+        # PostgREST's merge-duplicates sets every column of the body.
+        query = sql.SQL(
+            "insert into public.{table} ({keys}) "
+            "select {keys} from json_populate_record(null::public.{table}, %s::json) "
+            "on conflict (session_id) do update set {updates} returning {columns}"
+        ).format(
+            table=sql.Identifier(RESULTS),
+            keys=sql.SQL(", ").join(map(sql.Identifier, keys)),
+            updates=sql.SQL(", ").join(
+                sql.SQL("{} = excluded.{}").format(
+                    sql.Identifier(key), sql.Identifier(key)
+                )
+                for key in keys
+            ),
+            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        )
+        return self._run(claims, query, [json.dumps(body)], status=201)
+
+    def _table_columns(self, table: str) -> set[str]:
+        rows = self._conn.execute(
+            "select column_name from information_schema.columns "
+            "where table_schema = 'public' and table_name = %s",
+            (table,),
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def _run(
+        self,
+        claims: dict[str, Any],
+        query: sql.Composable,
+        args: list[Any],
+        *,
+        status: int = 200,
+    ) -> httpx.Response:
+        role = claims["role"]
+        wrapped = sql.SQL(
+            "with pgrst_source as ({}) "
+            "select coalesce(json_agg(pgrst_source), '[]')::text, count(*) "
+            "from pgrst_source"
+        ).format(query)
+        try:
+            with as_role(self._conn, role, claims.get("sub"), claims=claims):
+                row = self._conn.execute(wrapped, args).fetchone()
+        except psycopg.Error as error:
+            if error.sqlstate is None:
+                raise
+            diag = error.diag
+            return _error(
+                _status_for(error.sqlstate, role),
+                error.sqlstate,
+                diag.message_primary or str(error),
+                diag.message_detail,
+                diag.message_hint,
+            )
+        assert row is not None
+        body, count = row
+        content_range = f"0-{count - 1}/*" if count else "*/*"
+        if status == 201:
+            content_range = "*/*"
+        return httpx.Response(
+            status,
+            content=body.encode(),
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "Content-Range": content_range,
+            },
+        )

@@ -1,0 +1,540 @@
+"""
+How AnalysisCache behaves on a real database, once per store: over a psycopg
+connection, and over a supabase client whose requests a PostgREST emulator
+runs on the same database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+import respx
+import supabase
+from postgrest_emulator import SERVICE_ROLE_KEY, URL, PostgrestEmulator
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict
+
+from salesai_cache import (
+    AnalysisCache,
+    AnalyzerOutput,
+    CacheStatus,
+    InvalidInputError,
+    SessionNotFoundError,
+    TokenUsage,
+    Turn,
+)
+from salesai_cache._local.database import create_auth_user
+
+pytestmark = [
+    pytest.mark.sql,
+    # supabase-py passes timeout and verify to its own PostgREST client,
+    # which postgrest-py deprecates.
+    pytest.mark.filterwarnings(
+        "ignore:The 'timeout' parameter is deprecated:DeprecationWarning"
+    ),
+    pytest.mark.filterwarnings(
+        "ignore:The 'verify' parameter is deprecated:DeprecationWarning"
+    ),
+]
+
+SECRET_PHRASE = "our budget is exactly 48,250 euros"
+TRANSCRIPT = [
+    {"speaker": "Rep", "text": "What is driving the evaluation this quarter?"},
+    {"speaker": "Buyer", "text": f"Honestly, {SECRET_PHRASE}."},
+    {"speaker": "Rep", "text": "Then let us scope a pilot that fits."},
+]
+USAGE = TokenUsage(prompt_tokens=120, completion_tokens=30, total_tokens=150)
+MODEL = "fake-model-1"
+UNKNOWN_SESSION = "6f1c2f0e-2b7c-4c55-9d1e-0a4b8c3d2e1f"
+
+
+class Verdict(BaseModel):
+    """
+    The fake analyzer's output.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    turns: int
+    first_speaker: str
+
+
+class CountingAnalyzer:
+    """
+    An analyzer that records its calls instead of calling a model.
+    """
+
+    output_model = Verdict
+
+    def __init__(self) -> None:
+        self.transcripts: list[tuple[Turn, ...]] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.transcripts)
+
+    def analyze(self, transcript: Sequence[Turn]) -> AnalyzerOutput[Verdict]:
+        self.transcripts.append(tuple(transcript))
+        verdict = Verdict(turns=len(transcript), first_speaker=transcript[0].speaker)
+        return AnalyzerOutput(analysis=verdict, model=MODEL, usage=USAGE)
+
+
+@dataclass
+class Backend:
+    """
+    One way of reaching the test database, and how to cut it off.
+    """
+
+    kind: str
+    connect: Callable[[], Any]
+    sever: Callable[[], None]
+
+
+@pytest.fixture(params=["postgres", "supabase"])
+def backend(request: pytest.FixtureRequest, database_url: str) -> Iterator[Backend]:
+    if request.param == "postgres":
+        connections: list[psycopg.Connection[Any]] = []
+
+        def connect_postgres() -> psycopg.Connection[Any]:
+            # Not autocommit: the store must commit its own writes.
+            conn = psycopg.connect(database_url)
+            connections.append(conn)
+            return conn
+
+        def sever_postgres() -> None:
+            for conn in connections:
+                conn.close()
+
+        yield Backend("postgres", connect_postgres, sever_postgres)
+        sever_postgres()
+        return
+
+    emulator = PostgrestEmulator(database_url)
+    with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
+        route = emulator.install(router)
+
+        def sever_supabase() -> None:
+            route.side_effect = AssertionError("the store sent a request")
+
+        yield Backend(
+            "supabase",
+            lambda: supabase.create_client(URL, SERVICE_ROLE_KEY),
+            sever_supabase,
+        )
+    emulator.close()
+
+
+@pytest.fixture
+def store_client(backend: Backend) -> Any:
+    return backend.connect()
+
+
+@pytest.fixture
+def analyzer() -> CountingAnalyzer:
+    return CountingAnalyzer()
+
+
+@pytest.fixture
+def cache(store_client: Any, analyzer: CountingAnalyzer) -> AnalysisCache[Verdict]:
+    return AnalysisCache(store_client, analyzer)
+
+
+@pytest.fixture
+def user_id(db: psycopg.Connection[Any]) -> str:
+    return create_auth_user(db, "rep@example.test")
+
+
+def add_session(
+    db: psycopg.Connection[Any],
+    user_id: str,
+    *,
+    conversation_id: str | None = None,
+    transcript: list[dict[str, str]] | None = None,
+) -> str:
+    row = db.execute(
+        "insert into public.salesai_sessions (user_id, transcript, conversation_id) "
+        "values (%s, %s, %s) returning id",
+        (user_id, Jsonb(transcript or TRANSCRIPT), conversation_id),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+@pytest.fixture
+def session_id(db: psycopg.Connection[Any], user_id: str) -> str:
+    return add_session(db, user_id, conversation_id="call-2026-001")
+
+
+def stored_rows(db: psycopg.Connection[Any], session_id: str) -> int:
+    row = db.execute(
+        "select count(*) from public.salesai_analysis_results where session_id = %s",
+        (session_id,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+EXPECTED = Verdict(turns=3, first_speaker="Rep")
+
+
+# Miss, then hit
+
+
+def test_first_call_misses(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    assert cache.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.MISS
+
+
+def test_miss_calls_analyzer(
+    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert analyzer.calls == 1
+
+
+def test_miss_returns_analysis(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    assert cache.get_or_compute(session_id, TRANSCRIPT).analysis == EXPECTED
+
+
+def test_miss_stores_row(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert stored_rows(db, session_id) == 1
+
+
+def test_miss_created_at(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    created_at = cache.get_or_compute(session_id, TRANSCRIPT).created_at
+    assert created_at is not None and created_at.tzinfo is not None
+
+
+def test_second_call_hits(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert cache.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.HIT
+
+
+def test_hit_skips_analyzer(
+    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert analyzer.calls == 1
+
+
+def test_hit_same_analysis(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    first = cache.get_or_compute(session_id, TRANSCRIPT)
+    assert cache.get_or_compute(session_id, TRANSCRIPT).analysis == first.analysis
+
+
+def test_hit_same_created_at(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    first = cache.get_or_compute(session_id, TRANSCRIPT)
+    assert cache.get_or_compute(session_id, TRANSCRIPT).created_at == first.created_at
+
+
+def test_hit_keeps_one_row(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert stored_rows(db, session_id) == 1
+
+
+def hit_records(
+    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+) -> list[logging.LogRecord]:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        cache.get_or_compute(session_id, TRANSCRIPT)
+    return caplog.records
+
+
+def test_hit_logs(
+    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    found = [
+        record
+        for record in hit_records(cache, session_id, caplog)
+        if record.levelno == logging.INFO
+        and "Found cached analysis in database" in record.getMessage()
+    ]
+    assert len(found) == 1
+
+
+def test_hit_log_names_session(
+    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    messages = [r.getMessage() for r in hit_records(cache, session_id, caplog)]
+    assert any(session_id in message for message in messages)
+
+
+def test_logs_hide_transcript(
+    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        cache.get_or_compute(session_id, TRANSCRIPT)
+        cache.get_or_compute(session_id, TRANSCRIPT)
+    assert SECRET_PHRASE not in caplog.text
+
+
+def test_hit_from_other_process(
+    cache: AnalysisCache[Verdict], backend: Backend, session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    other = AnalysisCache(backend.connect(), CountingAnalyzer())
+    assert other.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.HIT
+
+
+def test_other_process_skips_analyzer(
+    cache: AnalysisCache[Verdict], backend: Backend, session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    other_analyzer = CountingAnalyzer()
+    AnalysisCache(backend.connect(), other_analyzer).get_or_compute(
+        session_id, TRANSCRIPT
+    )
+    assert other_analyzer.calls == 0
+
+
+# get and get_by_conversation
+
+
+def test_get_before(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    assert cache.get(session_id) is None
+
+
+def test_get_after(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    found = cache.get(session_id)
+    assert found is not None and found.analysis == EXPECTED
+
+
+def test_get_does_not_compute(
+    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    cache.get(session_id)
+    assert analyzer.calls == 0
+
+
+def test_by_conversation(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    found = cache.get_by_conversation("call-2026-001")
+    assert found is not None and found.session_id == session_id
+
+
+def test_by_conversation_analysis(
+    cache: AnalysisCache[Verdict], session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    found = cache.get_by_conversation("call-2026-001")
+    assert found is not None and found.analysis == EXPECTED
+
+
+def test_by_conversation_unknown(
+    cache: AnalysisCache[Verdict], session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert cache.get_by_conversation("call-2026-999") is None
+
+
+def test_by_conversation_not_analysed(
+    cache: AnalysisCache[Verdict], session_id: str
+) -> None:
+    assert cache.get_by_conversation("call-2026-001") is None
+
+
+def test_by_conversation_latest(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], user_id: str
+) -> None:
+    older = add_session(db, user_id, conversation_id="shared")
+    newer = add_session(db, user_id, conversation_id="shared")
+    cache.get_or_compute(older, TRANSCRIPT)
+    cache.get_or_compute(newer, TRANSCRIPT)
+    found = cache.get_by_conversation("shared")
+    assert found is not None and found.session_id == newer
+
+
+def test_by_conversation_hit_logs(
+    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    with caplog.at_level(logging.INFO):
+        cache.get_by_conversation("call-2026-001")
+    assert "Found cached analysis in database" in caplog.text
+
+
+TRICKY_CONVERSATION_IDS = [
+    'say "hello"',
+    "a,b,c",
+    "fn(x)",
+    "v1.2.3",
+    "back\\slash",
+    "eq.looks-like-a-filter",
+    "Gespräch über Verträge — 会話 🚀",
+    "a&b=c?d#e%20f+g",
+    "in.(1,2)",
+    'mixed "q", (p). \\ ü',
+]
+
+
+@pytest.mark.parametrize("conversation_id", TRICKY_CONVERSATION_IDS)
+def test_conversation_id_round_trip(
+    cache: AnalysisCache[Verdict],
+    db: psycopg.Connection[Any],
+    user_id: str,
+    conversation_id: str,
+) -> None:
+    # A decoy with the reserved characters stripped must not match instead.
+    add_session(
+        db, user_id, conversation_id="".join(filter(str.isalnum, conversation_id))
+    )
+    session = add_session(db, user_id, conversation_id=conversation_id)
+    cache.get_or_compute(session, TRANSCRIPT)
+    found = cache.get_by_conversation(conversation_id)
+    assert found is not None and found.session_id == session
+
+
+# Transcript from the session row
+
+
+def test_transcript_from_session(
+    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    cache.get_or_compute(session_id)
+    assert analyzer.transcripts == [
+        tuple(Turn(speaker=t["speaker"], text=t["text"]) for t in TRANSCRIPT)
+    ]
+
+
+def test_transcript_from_session_stored(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    cache.get_or_compute(session_id)
+    assert stored_rows(db, session_id) == 1
+
+
+def test_hit_needs_no_transcript(
+    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert cache.get_or_compute(session_id).status is CacheStatus.HIT
+
+
+# Unknown and invalid sessions
+
+
+def test_unknown_session(cache: AnalysisCache[Verdict]) -> None:
+    with pytest.raises(SessionNotFoundError):
+        cache.get_or_compute(UNKNOWN_SESSION, TRANSCRIPT)
+
+
+def test_unknown_session_names_id(cache: AnalysisCache[Verdict]) -> None:
+    with pytest.raises(SessionNotFoundError) as info:
+        cache.get_or_compute(UNKNOWN_SESSION, TRANSCRIPT)
+    assert info.value.session_id == UNKNOWN_SESSION
+
+
+def test_unknown_session_stores_nothing(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any]
+) -> None:
+    with pytest.raises(SessionNotFoundError):
+        cache.get_or_compute(UNKNOWN_SESSION, TRANSCRIPT)
+    assert stored_rows(db, UNKNOWN_SESSION) == 0
+
+
+def test_unknown_session_no_transcript(
+    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer
+) -> None:
+    with pytest.raises(SessionNotFoundError):
+        cache.get_or_compute(UNKNOWN_SESSION)
+    assert analyzer.calls == 0
+
+
+def test_invalid_session_id(cache: AnalysisCache[Verdict], backend: Backend) -> None:
+    # Cut the database off: a request would fail with another error.
+    backend.sever()
+    with pytest.raises(InvalidInputError):
+        cache.get_or_compute("not-a-uuid", TRANSCRIPT)
+
+
+def test_invalid_session_id_get(
+    cache: AnalysisCache[Verdict], backend: Backend
+) -> None:
+    backend.sever()
+    with pytest.raises(InvalidInputError):
+        cache.get("12345")
+
+
+# Stored analyses that no longer validate
+
+
+def store_raw(db: psycopg.Connection[Any], session_id: str, analysis: object) -> None:
+    db.execute(
+        "insert into public.salesai_analysis_results (session_id, analysis, model) "
+        "values (%s, %s, 'old-model')",
+        (session_id, Jsonb(analysis)),
+    )
+
+
+@pytest.mark.parametrize(
+    "analysis",
+    [
+        {"score": "high"},
+        {"turns": "three", "first_speaker": "Rep"},
+        ["not", "a", "dict"],
+    ],
+    ids=["other-shape", "wrong-type", "array"],
+)
+def test_invalid_stored_recomputed(
+    cache: AnalysisCache[Verdict],
+    db: psycopg.Connection[Any],
+    session_id: str,
+    analysis: object,
+) -> None:
+    store_raw(db, session_id, analysis)
+    assert cache.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.MISS
+
+
+def test_invalid_stored_replaced(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    store_raw(db, session_id, {"score": "high"})
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    found = cache.get(session_id)
+    assert found is not None and found.model == MODEL
+
+
+def test_invalid_stored_get(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    store_raw(db, session_id, {"score": "high"})
+    assert cache.get(session_id) is None
+
+
+# Token usage and model
+
+
+def test_usage_round_trip(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert cache.get_or_compute(session_id, TRANSCRIPT).usage == USAGE
+
+
+def test_model_round_trip(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert cache.get_or_compute(session_id, TRANSCRIPT).model == MODEL
+
+
+def test_usage_in_database(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    row = db.execute(
+        "select prompt_tokens, completion_tokens, total_tokens "
+        "from public.salesai_analysis_results where session_id = %s",
+        (session_id,),
+    ).fetchone()
+    assert row == (120, 30, 150)
