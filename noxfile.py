@@ -1,5 +1,6 @@
 """
-Development tasks: ``python -m nox -s tests``, ``lint``, ``typecheck``, ``demo``.
+Development tasks: ``python -m nox -s tests``, ``lint``, ``typecheck``,
+``demo`` and ``bench``.
 
 Each session installs the package from this checkout (a built wheel, not an
 editable install) with the dependency groups of ``pyproject.toml``, so the
@@ -7,6 +8,8 @@ tests exercise what users install, the packaged ``sql/`` included.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -62,3 +65,13 @@ def demo(session: nox.Session) -> None:
     """
     _install(session, "embedded")
     session.run("salesai-cache", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """
+    Run the benchmarks under bench/; each prints its figures and targets.
+    """
+    _install(session, "embedded", "test")
+    for script in sorted(Path("bench").glob("*.py")):
+        session.run("python", str(script))

@@ -4,13 +4,19 @@ AnalysisCache: get-or-compute of conversation analyses over a database.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from ._keys import transcript_hash
 from ._models import (
     AnalysisResult,
     CacheStatus,
@@ -19,8 +25,9 @@ from ._models import (
     validate_session_id,
 )
 from ._protocols import AnalysisStore, Analyzer
+from ._singleflight import SingleFlight
 from ._transcripts import TranscriptInput, parse_transcript
-from .exceptions import InvalidInputError
+from .exceptions import ClaimTimeoutError, InvalidInputError
 
 __all__ = ["AnalysisCache"]
 
@@ -37,19 +44,71 @@ class AnalysisCache(Generic[AnalysisT]):
     into ``salesai_analysis_results``; every later request, from any process
     that shares the database, reads it back without calling the analyzer.
 
+    A stored analysis is fresh while both the hash of the normalised
+    transcript and the analyzer's ``analysis_version`` (model, prompt, output
+    schema) match the request. A stale one is recomputed, or served marked
+    stale when the caller passes ``allow_stale=True``.
+
+    Exactly one caller computes a missing analysis. Within a process,
+    concurrent calls for the same session and transcript share one
+    execution. Across processes, the caller that takes the session's claim
+    in ``salesai_analysis_claims`` computes while the others poll the
+    database until the analysis appears. A claim is a lease: when its holder
+    dies, it expires after ``lease_seconds`` and the next caller takes over.
+
     Args:
         client: a supabase-py ``Client``, a psycopg 3 ``Connection``, or any
             object implementing ``AnalysisStore``.
         analyzer: what computes an analysis on a miss, such as
             ``OpenAIAnalyzer`` or ``ConversationMetricsAnalyzer``.
+        lease_seconds: how long a claim lasts. Choose more than the longest
+            analysis takes: a compute that outlives its lease lets a second
+            caller start another (both results are valid; the last one
+            written stays).
+        wait_timeout: how long a caller waits for another worker's compute
+            before ``ClaimTimeoutError``. Defaults to ``lease_seconds`` plus
+            10 s, so a waiter outlasts the lease of a worker that died and
+            then computes itself.
+        poll_interval: the first pause, in seconds, between two lookups of a
+            waiting caller; it grows by half each time up to
+            ``max_poll_interval``.
+        max_poll_interval: the longest pause between two lookups, in seconds,
+            which bounds how late a waiter sees a finished analysis.
 
     Raises:
         TypeError: ``client`` is none of the accepted types.
+        InvalidInputError: a duration is not positive.
     """
 
-    def __init__(self, client: Any, analyzer: Analyzer[AnalysisT]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        analyzer: Analyzer[AnalysisT],
+        *,
+        lease_seconds: float = 120.0,
+        wait_timeout: float | None = None,
+        poll_interval: float = 0.02,
+        max_poll_interval: float = 0.25,
+    ) -> None:
+        for name, value in (
+            ("lease_seconds", lease_seconds),
+            ("wait_timeout", wait_timeout),
+            ("poll_interval", poll_interval),
+            ("max_poll_interval", max_poll_interval),
+        ):
+            if value is not None and not value > 0:
+                raise InvalidInputError(
+                    f"invalid {name} {value!r}: expected a positive number of seconds"
+                )
         self._store = _make_store(client)
         self._analyzer = analyzer
+        self._lease_seconds = lease_seconds
+        self._wait_timeout = (
+            lease_seconds + 10.0 if wait_timeout is None else wait_timeout
+        )
+        self._poll_interval = poll_interval
+        self._max_poll_interval = max(max_poll_interval, poll_interval)
+        self._flights: SingleFlight[AnalysisResult[AnalysisT]] = SingleFlight()
 
     @property
     def store(self) -> AnalysisStore:
@@ -69,6 +128,8 @@ class AnalysisCache(Generic[AnalysisT]):
         self,
         session_id: object,
         transcript: TranscriptInput | None = None,
+        *,
+        allow_stale: bool = False,
     ) -> AnalysisResult[AnalysisT]:
         """
         Return the analysis of a session, computing and storing it on a miss.
@@ -77,39 +138,116 @@ class AnalysisCache(Generic[AnalysisT]):
             session_id: the ``salesai_sessions.id`` of the conversation, a UUID.
             transcript: the conversation (see ``parse_transcript`` for the
                 accepted forms). When omitted, the ``transcript`` column of
-                the session row is analysed.
+                the session row is read, which costs one more round trip.
+            allow_stale: return a stored analysis whose transcript or
+                analysis version differs from the request, with status
+                ``STALE``, instead of recomputing it. One more round trip.
 
         Returns:
-            The analysis; ``result.status`` says whether it was a cache hit.
+            The analysis; ``result.status`` says how it was obtained.
 
         Raises:
             InvalidInputError: the session id or the transcript is invalid.
             SessionNotFoundError: the session row does not exist.
             AnalyzerError: the analyzer failed; nothing was stored.
+            ClaimTimeoutError: another worker held the claim too long.
             CacheStoreError: the database call failed.
         """
         key = validate_session_id(session_id)
-        turns = parse_transcript(transcript) if transcript is not None else None
+        turns = self._turns(key, transcript)
+        fingerprint = transcript_hash(turns)
+        if allow_stale:
+            served = self._read(self._store.fetch(key), fingerprint)
+            if served is not None:
+                self._log_found(served)
+                return served
 
-        cached = self._read(self._store.fetch(key))
-        if cached is not None:
-            logger.info("Found cached analysis in database for session %s", key)
-            return cached
+        def obtain() -> AnalysisResult[AnalysisT]:
+            return self._obtain(key, turns, fingerprint, force=False)
 
-        if turns is None:
-            turns = self._load_transcript(key)
-        return self._compute(key, turns)
+        flight = (key, fingerprint, self._analyzer.analysis_version)
+        result, shared = self._flights.run(flight, obtain)
+        if shared and result.status is CacheStatus.MISS:
+            return _with_status(result, CacheStatus.WAITED)
+        return result
 
-    def get(self, session_id: object) -> AnalysisResult[AnalysisT] | None:
+    def refresh(
+        self, session_id: object, transcript: TranscriptInput | None = None
+    ) -> AnalysisResult[AnalysisT]:
+        """
+        Recompute the analysis of a session and store it, even when fresh.
+
+        A caller that refreshes while another worker computes the same
+        session waits for that result instead of paying a second time.
+
+        Raises:
+            The exceptions of ``get_or_compute``.
+        """
+        key = validate_session_id(session_id)
+        turns = self._turns(key, transcript)
+        fingerprint = transcript_hash(turns)
+
+        def obtain() -> AnalysisResult[AnalysisT]:
+            return self._obtain(key, turns, fingerprint, force=True)
+
+        flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
+        result, shared = self._flights.run(flight, obtain)
+        if shared and result.status is CacheStatus.MISS:
+            return _with_status(result, CacheStatus.WAITED)
+        return result
+
+    def invalidate(
+        self,
+        session_id: object | None = None,
+        *,
+        analysis_version: str | None = None,
+    ) -> int:
+        """
+        Delete stored analyses, by session, by analysis version, or both.
+
+        Every process sees the deletion at once: the next request recomputes.
+
+        Returns:
+            The number of analyses deleted.
+
+        Raises:
+            InvalidInputError: neither filter is given, or the session id is
+                invalid.
+        """
+        if session_id is None and analysis_version is None:
+            raise InvalidInputError(
+                "invalidate needs a session_id, an analysis_version or both; "
+                "to delete every analysis, truncate salesai_analysis_results"
+            )
+        key = None if session_id is None else validate_session_id(session_id)
+        deleted = self._store.invalidate(key, analysis_version)
+        logger.info(
+            "Invalidated %d cached analyses (session %s, analysis version %s)",
+            deleted,
+            key,
+            analysis_version,
+        )
+        return deleted
+
+    def get(
+        self, session_id: object, transcript: TranscriptInput | None = None
+    ) -> AnalysisResult[AnalysisT] | None:
         """
         Return the stored analysis of a session without computing one.
+
+        The status is ``HIT`` when the analysis version matches the analyzer
+        (and the transcript hash matches ``transcript``, when given), else
+        ``STALE``.
 
         Returns:
             The analysis, or ``None`` when the session has none (or only one
             that no longer validates against the analyzer's output model).
         """
         key = validate_session_id(session_id)
-        return self._read(self._store.fetch(key))
+        fingerprint = None
+        if transcript is not None:
+            fingerprint = transcript_hash(parse_transcript(transcript))
+        return self._read(self._store.fetch(key), fingerprint)
 
     def get_by_conversation(
         self, conversation_id: str
@@ -119,7 +257,8 @@ class AnalysisCache(Generic[AnalysisT]):
         ``salesai_sessions.conversation_id``.
 
         When several sessions share the conversation id, the most recently
-        updated analysis is returned.
+        updated analysis is returned. Its status is ``STALE`` when it was made
+        by another analysis version.
 
         Raises:
             InvalidInputError: ``conversation_id`` is not a non-empty string.
@@ -129,24 +268,165 @@ class AnalysisCache(Generic[AnalysisT]):
                 f"invalid conversation id {conversation_id!r}: expected a "
                 "non-empty string"
             )
-        cached = self._read(self._store.fetch_by_conversation(conversation_id))
+        cached = self._read(self._store.fetch_by_conversation(conversation_id), None)
         if cached is not None:
-            logger.info(
-                "Found cached analysis in database for session %s "
-                "(conversation lookup)",
-                cached.session_id,
-            )
+            self._log_found(cached)
         return cached
 
-    def _read(self, stored: StoredAnalysis | None) -> AnalysisResult[AnalysisT] | None:
+    def _turns(
+        self, session_id: str, transcript: TranscriptInput | None
+    ) -> tuple[Turn, ...]:
+        if transcript is not None:
+            return parse_transcript(transcript)
+        raw = self._store.fetch_transcript(session_id)
+        try:
+            return parse_transcript(raw)
+        except InvalidInputError as error:
+            raise InvalidInputError(
+                f"transcript stored for session {session_id} is invalid: {error}"
+            ) from None
+
+    def _obtain(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        fingerprint: str,
+        *,
+        force: bool,
+    ) -> AnalysisResult[AnalysisT]:
+        """
+        Look up, claim and compute, or wait for the worker that holds the
+        claim, until this session has a fresh analysis.
+        """
+        version = self._analyzer.analysis_version
+        claimant = _new_claimant()
+        started = time.monotonic()
+        delay = self._poll_interval
+        waited = False
+        force_claim = force
+        while True:
+            lookup = self._store.lookup(
+                session_id,
+                fingerprint,
+                version,
+                claimant,
+                self._lease_seconds,
+                force=force_claim,
+            )
+            if lookup.claimed:
+                return self._compute(session_id, turns, fingerprint, claimant)
+
+            stored = lookup.stored
+            if lookup.fresh and stored is not None:
+                elapsed = time.monotonic() - started
+                if force and not _stored_within(stored, elapsed):
+                    # A refresh accepts only an analysis stored after it began.
+                    force_claim = True
+                    continue
+                status = CacheStatus.WAITED if waited else CacheStatus.HIT
+                result = self._validate(stored, status)
+                if result is not None:
+                    self._log_found(result, waited=elapsed if waited else None)
+                    return result
+                force_claim = True
+                continue
+
+            elapsed = time.monotonic() - started
+            if elapsed >= self._wait_timeout:
+                raise ClaimTimeoutError(session_id, elapsed)
+            if not waited:
+                logger.debug(
+                    "Waiting for another worker to analyse session %s "
+                    "(its claim expires at %s)",
+                    session_id,
+                    lookup.claim_expires_at,
+                )
+            waited = True
+            force_claim = False
+            time.sleep(min(delay, self._wait_timeout - elapsed))
+            delay = min(delay * 1.5, self._max_poll_interval)
+
+    def _compute(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        fingerprint: str,
+        claimant: str,
+    ) -> AnalysisResult[AnalysisT]:
+        logger.debug("Computing the analysis of session %s", session_id)
+        started = time.perf_counter()
+        try:
+            output = self._analyzer.analyze(turns)
+        except BaseException:
+            # Let another caller take over at once instead of after the lease.
+            self._release_quietly(session_id, claimant)
+            raise
+        logger.debug(
+            "Computed the analysis of session %s with %s in %.2f s",
+            session_id,
+            output.model,
+            time.perf_counter() - started,
+        )
+        version = self._analyzer.analysis_version
+        try:
+            stored = self._store.save(
+                session_id,
+                output.analysis.model_dump(mode="json"),
+                output.model,
+                output.usage,
+                transcript_hash=fingerprint,
+                analysis_version=version,
+                claimant=claimant,
+            )
+        except BaseException:
+            self._release_quietly(session_id, claimant)
+            raise
+        return AnalysisResult(
+            session_id=session_id,
+            analysis=output.analysis,
+            model=output.model,
+            usage=output.usage,
+            status=CacheStatus.MISS,
+            created_at=stored.created_at,
+            age_seconds=0.0,
+            transcript_hash=fingerprint,
+            analysis_version=version,
+        )
+
+    def _release_quietly(self, session_id: str, claimant: str) -> None:
+        try:
+            self._store.release(session_id, claimant)
+        except Exception as error:
+            # The claim then expires with its lease; the original error matters.
+            logger.warning(
+                "Could not release the claim on session %s: %s",
+                session_id,
+                error,
+            )
+
+    def _read(
+        self, stored: StoredAnalysis | None, fingerprint: str | None
+    ) -> AnalysisResult[AnalysisT] | None:
+        """
+        Turn a fetched row into a result, ``STALE`` unless its version (and
+        its transcript hash, when ``fingerprint`` is given) match.
+        """
         if stored is None:
             return None
+        fresh = stored.analysis_version == self._analyzer.analysis_version and (
+            fingerprint is None or stored.transcript_hash == fingerprint
+        )
+        return self._validate(stored, CacheStatus.HIT if fresh else CacheStatus.STALE)
+
+    def _validate(
+        self, stored: StoredAnalysis, status: CacheStatus
+    ) -> AnalysisResult[AnalysisT] | None:
         try:
             analysis = self._analyzer.output_model.model_validate(stored.analysis)
         except ValidationError as error:
             logger.debug(
-                "Ignoring stored analysis of session %s: it does not validate "
-                "against %s (%d errors)",
+                "Ignoring the stored analysis of session %s: it does not "
+                "validate against %s (%d errors)",
                 stored.session_id,
                 self._analyzer.output_model.__name__,
                 error.error_count(),
@@ -157,45 +437,62 @@ class AnalysisCache(Generic[AnalysisT]):
             analysis=analysis,
             model=stored.model,
             usage=stored.usage,
-            status=CacheStatus.HIT,
+            status=status,
             created_at=stored.created_at,
+            age_seconds=_age_seconds(stored),
+            transcript_hash=stored.transcript_hash,
+            analysis_version=stored.analysis_version,
         )
 
-    def _load_transcript(self, session_id: str) -> tuple[Turn, ...]:
-        raw = self._store.fetch_transcript(session_id)
-        try:
-            return parse_transcript(raw)
-        except InvalidInputError as error:
-            raise InvalidInputError(
-                f"transcript stored for session {session_id} is invalid: {error}"
-            ) from None
+    def _log_found(
+        self, result: AnalysisResult[AnalysisT], *, waited: float | None = None
+    ) -> None:
+        if result.status is CacheStatus.STALE:
+            logger.info(
+                "Found cached analysis in database for session %s, stale "
+                "(made from another transcript or analysis version)",
+                result.session_id,
+            )
+        elif waited is not None:
+            logger.info(
+                "Found cached analysis in database for session %s after "
+                "waiting %.2f s for another worker",
+                result.session_id,
+                waited,
+            )
+        else:
+            logger.info(
+                "Found cached analysis in database for session %s", result.session_id
+            )
 
-    def _compute(
-        self, session_id: str, turns: Sequence[Turn]
-    ) -> AnalysisResult[AnalysisT]:
-        logger.debug("No cached analysis for session %s, computing", session_id)
-        started = time.perf_counter()
-        output = self._analyzer.analyze(turns)
-        logger.debug(
-            "Computed analysis of session %s with %s in %.2f s",
-            session_id,
-            output.model,
-            time.perf_counter() - started,
-        )
-        stored = self._store.save(
-            session_id,
-            output.analysis.model_dump(mode="json"),
-            output.model,
-            output.usage,
-        )
-        return AnalysisResult(
-            session_id=session_id,
-            analysis=output.analysis,
-            model=output.model,
-            usage=output.usage,
-            status=CacheStatus.MISS,
-            created_at=stored.created_at,
-        )
+
+def _new_claimant() -> str:
+    """
+    Return a claimant id that names this host and process, for operators
+    reading ``salesai_analysis_claims``, and is unique per call.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _stored_within(stored: StoredAnalysis, seconds: float) -> bool:
+    return stored.age_seconds is not None and stored.age_seconds <= seconds
+
+
+def _age_seconds(stored: StoredAnalysis) -> float:
+    if stored.age_seconds is not None:
+        return max(stored.age_seconds, 0.0)
+    if stored.updated_at is None:
+        return 0.0
+
+    age = dt.datetime.now(dt.UTC) - stored.updated_at
+    return max(age.total_seconds(), 0.0)
+
+
+def _with_status(
+    result: AnalysisResult[AnalysisT], status: CacheStatus
+) -> AnalysisResult[AnalysisT]:
+
+    return dataclasses.replace(result, status=status)
 
 
 def _make_store(client: Any) -> AnalysisStore:
@@ -213,7 +510,15 @@ def _make_store(client: Any) -> AnalysisStore:
         return PostgresStore(client)
     if all(
         callable(getattr(client, name, None))
-        for name in ("fetch", "fetch_by_conversation", "fetch_transcript", "save")
+        for name in (
+            "fetch",
+            "fetch_by_conversation",
+            "fetch_transcript",
+            "lookup",
+            "save",
+            "release",
+            "invalidate",
+        )
     ):
         store: AnalysisStore = client
         return store

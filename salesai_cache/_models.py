@@ -18,6 +18,7 @@ __all__ = [
     "AnalysisResult",
     "AnalyzerOutput",
     "CacheStatus",
+    "Lookup",
     "StoredAnalysis",
     "TokenUsage",
     "Turn",
@@ -67,7 +68,10 @@ class StoredAnalysis:
     One ``salesai_analysis_results`` row as a store returns it.
 
     ``analysis`` is the raw JSON object from the ``analysis`` column; the cache
-    validates it against the analyzer's output model.
+    validates it against the analyzer's output model. ``transcript_hash`` and
+    ``analysis_version`` are ``None`` for rows stored before migration 002.
+    ``age_seconds`` is the time since ``updated_at`` by the database's clock,
+    when the query computed it.
     """
 
     session_id: str
@@ -76,18 +80,47 @@ class StoredAnalysis:
     usage: TokenUsage
     created_at: dt.datetime | None
     updated_at: dt.datetime | None
+    transcript_hash: str | None = None
+    analysis_version: str | None = None
+    age_seconds: float | None = None
 
 
-class CacheStatus(str, enum.Enum):
+@dataclass(frozen=True)
+class Lookup:
+    """
+    What ``AnalysisStore.lookup`` found, and whether it took the compute claim.
+
+    ``fresh`` is true when the stored analysis matches the requested
+    transcript hash and analysis version. ``claimed`` is true when this
+    caller now holds the claim and must compute, save (which releases the
+    claim) or release it. ``claim_expires_at`` is when the current claim's
+    lease ends, whoever holds it, or ``None`` when there is no claim.
+    """
+
+    stored: StoredAnalysis | None
+    fresh: bool
+    claimed: bool
+    claim_expires_at: dt.datetime | None
+
+
+class CacheStatus(enum.StrEnum):
     """
     How ``get_or_compute`` obtained an analysis.
     """
 
     HIT = "hit"
-    """Read from the database; the analyzer was not called."""
+    """Read from the database, fresh; the analyzer was not called."""
 
     MISS = "miss"
-    """Computed by the analyzer and stored."""
+    """Computed by the analyzer in this call and stored."""
+
+    STALE = "stale"
+    """Read from the database although its transcript or analysis version
+    differs from the request, because the caller passed ``allow_stale``."""
+
+    WAITED = "waited"
+    """Computed by another caller, in this process or another, while this
+    call waited for it."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +129,9 @@ class AnalysisResult(Generic[AnalysisT]):
     An analysis returned by the cache, with where it came from.
 
     ``usage`` is the token usage stored with the analysis: on a hit, the tokens
-    that the cache saved by not calling the analyzer again.
+    that the cache saved by not calling the analyzer again. ``age_seconds``
+    is the time since the analysis was stored, 0 for one computed by this
+    call.
     """
 
     session_id: str
@@ -105,13 +140,23 @@ class AnalysisResult(Generic[AnalysisT]):
     usage: TokenUsage
     status: CacheStatus
     created_at: dt.datetime | None
+    age_seconds: float = 0.0
+    transcript_hash: str | None = None
+    analysis_version: str | None = None
 
     @property
     def from_cache(self) -> bool:
         """
-        Whether the analysis was read from the database.
+        Whether this call did not compute the analysis itself.
         """
-        return self.status is CacheStatus.HIT
+        return self.status is not CacheStatus.MISS
+
+    @property
+    def stale(self) -> bool:
+        """
+        Whether the analysis was made from another transcript or version.
+        """
+        return self.status is CacheStatus.STALE
 
 
 def validate_session_id(session_id: object) -> str:

@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from ._models import AnalyzerOutput, StoredAnalysis, TokenUsage, Turn
+from ._models import AnalyzerOutput, Lookup, StoredAnalysis, TokenUsage, Turn
 
 __all__ = ["AnalysisStore", "Analyzer"]
 
@@ -25,6 +25,16 @@ class Analyzer(Protocol[AnalysisT]):
     def output_model(self) -> type[AnalysisT]:
         """
         The pydantic model of the analysis; stored analyses are validated by it.
+        """
+        ...
+
+    @property
+    def analysis_version(self) -> str:
+        """
+        The version of the analyses this analyzer makes: it must change when
+        the model, prompt or output schema changes, so that analyses stored
+        under another version count as stale. ``salesai_cache._keys.
+        analysis_version`` builds one.
         """
         ...
 
@@ -68,17 +78,72 @@ class AnalysisStore(Protocol):
         """
         ...
 
+    def lookup(
+        self,
+        session_id: str,
+        transcript_hash: str,
+        analysis_version: str,
+        claimant: str,
+        lease_seconds: float,
+        *,
+        force: bool = False,
+    ) -> Lookup:
+        """
+        Return the stored analysis and whether it is fresh, and take the
+        compute claim for ``claimant`` when it is not fresh (or ``force``).
+
+        One round trip: ``salesai_lookup_analysis`` (migration 002). A claim
+        is taken when none exists, when the current one has expired, or when
+        ``claimant`` already holds it; it expires ``lease_seconds`` after.
+
+        Raises:
+            SessionNotFoundError: a claim was attempted and no session has
+                this id.
+            SchemaMismatchError: migration 002 is not applied.
+        """
+        ...
+
     def save(
         self,
         session_id: str,
         analysis: dict[str, Any],
         model: str,
         usage: TokenUsage,
+        *,
+        transcript_hash: str | None = None,
+        analysis_version: str | None = None,
+        claimant: str | None = None,
     ) -> StoredAnalysis:
         """
-        Insert or replace the analysis of a session (an upsert on ``session_id``).
+        Insert or replace the analysis of a session (an upsert on
+        ``session_id``) and release ``claimant``'s claim, in one round trip
+        (``salesai_save_analysis``).
+
+        The write happens even when the claim has expired or another caller
+        holds it: the analysis is paid for and valid for its fingerprints.
 
         Raises:
             SessionNotFoundError: no session has this id.
+        """
+        ...
+
+    def release(self, session_id: str, claimant: str) -> None:
+        """
+        Delete ``claimant``'s claim on a session, if it still holds it, so
+        that another caller can compute at once.
+        """
+        ...
+
+    def invalidate(
+        self,
+        session_id: str | None = None,
+        analysis_version: str | None = None,
+    ) -> int:
+        """
+        Delete the stored analyses that match every given filter and return
+        how many were deleted.
+
+        Raises:
+            ValueError: neither filter is given.
         """
         ...

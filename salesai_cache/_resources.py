@@ -9,15 +9,8 @@ folders are used instead.
 
 from __future__ import annotations
 
-import sys
 from importlib import resources
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    if sys.version_info >= (3, 11):
-        from importlib.resources.abc import Traversable
-    else:
-        from importlib.abc import Traversable
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 __all__ = ["packaged_folder"]

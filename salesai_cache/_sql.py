@@ -4,14 +4,7 @@ Access to the SQL files shipped with the package.
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    if sys.version_info >= (3, 11):
-        from importlib.resources.abc import Traversable
-    else:
-        from importlib.abc import Traversable
+from importlib.resources.abc import Traversable
 
 from ._resources import packaged_folder
 

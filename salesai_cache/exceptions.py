@@ -8,6 +8,7 @@ failure of the cache, its stores and its analyzers::
     ├── CacheStoreError          a database or PostgREST call failed
     │   └── SchemaMismatchError  a table, column or constraint is missing
     ├── SessionNotFoundError     no salesai_sessions row has the session id
+    ├── ClaimTimeoutError        another worker's compute took too long
     └── AnalyzerError            the analyzer (for example OpenAI) failed
 
 Misuse, such as a session id that is not a UUID or an empty transcript, raises
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "AnalyzerError",
     "CacheStoreError",
+    "ClaimTimeoutError",
     "InvalidInputError",
     "SalesAICacheError",
     "SchemaMismatchError",
@@ -66,6 +68,22 @@ class SessionNotFoundError(SalesAICacheError):
             "session row before analysing it"
         )
         self.session_id = session_id
+
+
+class ClaimTimeoutError(SalesAICacheError):
+    """
+    Another worker held the compute claim of a session for longer than the
+    cache's ``wait_timeout``, and no analysis appeared.
+    """
+
+    def __init__(self, session_id: str, waited_seconds: float) -> None:
+        super().__init__(
+            f"timed out after {waited_seconds:.1f} s waiting for another worker "
+            f"to analyse session {session_id}; try again, or raise wait_timeout "
+            "if analyses take longer than that"
+        )
+        self.session_id = session_id
+        self.waited_seconds = waited_seconds
 
 
 class AnalyzerError(SalesAICacheError):

@@ -1,10 +1,12 @@
 -- Row-level security of salesai-cache's tables.
 --
--- Purpose: decides who may read and write sessions and analyses through
---   Supabase's API (PostgREST), once setup.sql has created the tables.
--- Objects touched: enables row-level security on public.salesai_sessions and
---   public.salesai_analysis_results, and (re)creates these policies, one per
---   role and operation:
+-- Purpose: decides who may read and write sessions, analyses and compute
+--   claims through Supabase's API (PostgREST), once setup.sql (or every
+--   migration) has created the tables. It fails on a database without
+--   public.salesai_analysis_claims: apply migration 002 first.
+-- Objects touched: enables row-level security on public.salesai_sessions,
+--   public.salesai_analysis_results and public.salesai_analysis_claims, and
+--   (re)creates these policies, one per role and operation:
 --   public.salesai_sessions
 --     "Users can read their own sessions"           select  authenticated
 --     "Users can create their own sessions"         insert  authenticated
@@ -20,6 +22,12 @@
 --     "Service role can create analyses"            insert  service_role
 --     "Service role can update analyses"            update  service_role
 --     "Service role can delete analyses"            delete  service_role
+--   public.salesai_analysis_claims (migration 002 and setup.sql create the
+--   same policies, so that the table is never open to the API roles)
+--     "Service role can read claims"                select  service_role
+--     "Service role can create claims"              insert  service_role
+--     "Service role can update claims"              update  service_role
+--     "Service role can delete claims"              delete  service_role
 -- Who can do what:
 --   * anon (requests with the anon key and no signed-in user) matches no
 --     policy, so it reads no row and writes none: its selects return nothing,
@@ -33,13 +41,18 @@
 --     fail with 42501; updates and deletes change nothing. Deleting a session
 --     still removes its analysis: the cascade of the foreign key is not
 --     subject to row-level security.
+--   * anon and authenticated match no policy of the claims table: they see
+--     no claim, and their attempts to take one (through
+--     salesai_lookup_analysis) fail with 42501. anon may not even execute the
+--     functions; that is a grant of migration 002, not a policy.
 --   * service_role (the library, with the service-role key) does everything.
 --     On Supabase it has BYPASSRLS, so its policies are never consulted
 --     there. They are written anyway, one per operation, so that the library
 --     still works where the role lacks BYPASSRLS (some self-hosted setups,
 --     or a role created to stand in for it that is granted service_role):
---     the cache's upsert (insert ... on conflict (session_id) do update)
---     needs select, insert and update, and cleaning up needs delete.
+--     the cache's upserts (insert ... on conflict do update), of analyses
+--     and of claims, need select, insert and update, and releasing a claim
+--     or cleaning up needs delete.
 -- Grants: none granted, none revoked. Supabase already grants the API roles
 --   every privilege on tables in public; row-level security is the guard.
 -- auth.uid() is written (select auth.uid()) so PostgreSQL evaluates it once
@@ -48,7 +61,7 @@
 --   inside one transaction, so no request ever sees the table without it.
 -- Rollback: none as a file. Dropping the policies without disabling
 --   row-level security locks users and anon out; "alter table ... disable row
---   level security" instead opens both tables to the anon key. Keep it on.
+--   level security" instead opens the table to the anon key. Keep it on.
 -- Tested: on PostgreSQL 15 and 18, as each role the way PostgREST runs a
 --   request (set local role, request.jwt.claims), and twice in a row
 --   (tests/test_sql_policies.py).
@@ -57,6 +70,7 @@ begin;
 
 alter table public.salesai_sessions enable row level security;
 alter table public.salesai_analysis_results enable row level security;
+alter table public.salesai_analysis_claims enable row level security;
 
 -- Sessions: each user their own.
 
@@ -176,6 +190,41 @@ drop policy if exists "Service role can delete analyses"
   on public.salesai_analysis_results;
 create policy "Service role can delete analyses"
   on public.salesai_analysis_results
+  for delete
+  to service_role
+  using (true);
+
+-- Claims: only the library's server-side key takes and releases them.
+
+drop policy if exists "Service role can read claims"
+  on public.salesai_analysis_claims;
+create policy "Service role can read claims"
+  on public.salesai_analysis_claims
+  for select
+  to service_role
+  using (true);
+
+drop policy if exists "Service role can create claims"
+  on public.salesai_analysis_claims;
+create policy "Service role can create claims"
+  on public.salesai_analysis_claims
+  for insert
+  to service_role
+  with check (true);
+
+drop policy if exists "Service role can update claims"
+  on public.salesai_analysis_claims;
+create policy "Service role can update claims"
+  on public.salesai_analysis_claims
+  for update
+  to service_role
+  using (true)
+  with check (true);
+
+drop policy if exists "Service role can delete claims"
+  on public.salesai_analysis_claims;
+create policy "Service role can delete claims"
+  on public.salesai_analysis_claims
   for delete
   to service_role
   using (true);

@@ -4,11 +4,19 @@
 --   whether the schema is complete. Returns one row per check, with columns
 --   check_name text, passed boolean, detail text; every passed must be true.
 -- Objects touched: none. It only reads the catalog and counts rows.
--- Checks, in order: both tables exist; salesai_sessions.conversation_id
---   exists; the unique constraint salesai_analysis_results_session_id_key
---   exists; the index idx_salesai_sessions_conversation exists; no session
---   has more than one analysis; row-level security is on for both tables; the
---   policies of policies.sql exist on both tables.
+-- Checks, in order: both tables of setup.sql exist;
+--   salesai_sessions.conversation_id exists; the unique constraint
+--   salesai_analysis_results_session_id_key exists; the index
+--   idx_salesai_sessions_conversation exists; no session has more than one
+--   analysis; row-level security is on for both tables; the policies of
+--   policies.sql exist on both tables. Then what migration 002 adds: the
+--   columns transcript_hash and analysis_version; the table
+--   salesai_analysis_claims with its primary key salesai_analysis_claims_pkey
+--   (the lookup function names it); row-level security and the policies on
+--   it; the functions salesai_lookup_analysis and salesai_save_analysis with
+--   the argument types that the library calls them with; and that neither
+--   anon nor PUBLIC may execute them (Supabase's default privileges would let
+--   anon).
 -- Form: one select statement, so that any client (psql, Supabase's SQL
 --   editor, psycopg) gets a single result set. It needs no begin/commit: a
 --   read-only statement runs in a transaction of its own.
@@ -19,16 +27,50 @@
 --   query_to_xml() is another but needs a server built with libxml, which
 --   the embedded server of the tests is not.
 -- Re-runnable: yes. Rollback: none needed.
--- Tested: on the legacy schema (failing rows), after migration 001 and after
---   setup.sql plus policies.sql (all passing), and on a database without the
---   tables, on PostgreSQL 15 and 18 (tests/test_sql_migration.py,
---   tests/test_sql_setup.py).
+-- Tested: on the legacy schema and after migration 001 alone (failing rows),
+--   after migrations 001 and 002 plus policies.sql and after setup.sql plus
+--   policies.sql (all passing), and on a database without the tables, on
+--   PostgreSQL 15 and 18 (tests/test_sql_migration.py,
+--   tests/test_sql_setup.py, tests/test_sql_claims.py).
 
 with
 tables as (
   select
     to_regclass('public.salesai_sessions') as sessions,
-    to_regclass('public.salesai_analysis_results') as results
+    to_regclass('public.salesai_analysis_results') as results,
+    to_regclass('public.salesai_analysis_claims') as claims
+),
+functions as (
+  select
+    to_regprocedure(
+      'public.salesai_lookup_analysis(uuid, text, text, text, '
+      'double precision, boolean)'
+    ) as lookup,
+    to_regprocedure(
+      'public.salesai_save_analysis(uuid, jsonb, text, integer, integer, '
+      'integer, text, text, text)'
+    ) as save
+),
+-- The functions of migration 002 that anon may execute, directly or through
+-- PUBLIC. Joined on the role's oid, so a server without the role anon (a
+-- plain PostgreSQL) checks PUBLIC only and raises nothing.
+anon_executable as (
+  select
+    string_agg(proc.oid::regprocedure::text, ', ' order by proc.proname)
+      as functions
+  from functions
+  cross join lateral unnest(array[functions.lookup, functions.save]) as fn (oid)
+  join pg_catalog.pg_proc as proc on proc.oid = fn.oid
+  left join pg_catalog.pg_roles as anon on anon.rolname = 'anon'
+  where pg_catalog.has_function_privilege(anon.oid, proc.oid, 'execute')
+    or exists (
+      select
+      from pg_catalog.aclexplode(
+        coalesce(proc.proacl, pg_catalog.acldefault('f', proc.proowner))
+      ) as acl
+      where acl.grantee = 0
+        and acl.privilege_type = 'EXECUTE'
+    )
 ),
 expected_policies (table_name, policy_name) as (
   values
@@ -44,7 +86,11 @@ expected_policies (table_name, policy_name) as (
     ('salesai_analysis_results', 'Service role can read all analyses'),
     ('salesai_analysis_results', 'Service role can create analyses'),
     ('salesai_analysis_results', 'Service role can update analyses'),
-    ('salesai_analysis_results', 'Service role can delete analyses')
+    ('salesai_analysis_results', 'Service role can delete analyses'),
+    ('salesai_analysis_claims', 'Service role can read claims'),
+    ('salesai_analysis_claims', 'Service role can create claims'),
+    ('salesai_analysis_claims', 'Service role can update claims'),
+    ('salesai_analysis_claims', 'Service role can delete claims')
 ),
 policy_status as (
   select
@@ -188,20 +234,129 @@ checks (position, check_name, passed, detail) as (
   left join pg_catalog.pg_class as class on class.oid = tables.results
   union all
   select
-    case policy_status.table_name when 'salesai_sessions' then 9 else 10 end,
+    case policy_status.table_name
+      when 'salesai_sessions' then 9
+      when 'salesai_analysis_results' then 10
+      else 14
+    end,
     case policy_status.table_name
       when 'salesai_sessions' then 'sessions_policies_exist'
-      else 'analysis_results_policies_exist'
+      when 'salesai_analysis_results' then 'analysis_results_policies_exist'
+      else 'claims_policies_exist'
     end,
     policy_status.missing is null,
     case
       when policy_status.missing is null
         then 'all ' || policy_status.expected_count || ' policies on '
           || policy_status.table_name || ' exist'
+      -- policies.sql fails on a database without the claims table.
+      when policy_status.table_name = 'salesai_analysis_claims'
+        and tables.claims is null
+        then 'public.salesai_analysis_claims is missing: run migration 002'
       else 'missing on ' || policy_status.table_name || ': '
         || policy_status.missing || '; run policies.sql'
     end
-  from policy_status
+  from policy_status, tables
+  union all
+  select
+    11,
+    'freshness_columns_exist',
+    missing is null,
+    case
+      when missing is null
+        then 'salesai_analysis_results.transcript_hash and analysis_version exist'
+      else 'salesai_analysis_results lacks ' || missing || ': run migration 002'
+    end
+  from (
+    select
+      string_agg(expected.name, ' and ' order by expected.position)
+        filter (where attribute.attname is null) as missing
+    from tables
+    cross join (
+      values (1, 'transcript_hash'), (2, 'analysis_version')
+    ) as expected (position, name)
+    left join pg_catalog.pg_attribute as attribute
+      on attribute.attrelid = tables.results
+      and attribute.attname = expected.name
+      and not attribute.attisdropped
+  ) as column_check
+  union all
+  select
+    12,
+    'claims_table_exists',
+    tables.claims is not null and primary_key.found,
+    case
+      when tables.claims is null
+        then 'public.salesai_analysis_claims is missing: run migration 002'
+      when not primary_key.found
+        then 'salesai_analysis_claims_pkey is missing: the lookup function '
+          || 'needs it; run migration 002 on a database without the table'
+      else 'public.salesai_analysis_claims and its primary key exist'
+    end
+  from tables
+  cross join lateral (
+    select exists (
+      select
+      from pg_catalog.pg_constraint as con
+      where con.conrelid = tables.claims
+        and con.conname = 'salesai_analysis_claims_pkey'
+        and con.contype = 'p'
+    ) as found
+  ) as primary_key
+  union all
+  select
+    13,
+    'claims_rls_enabled',
+    coalesce(class.relrowsecurity, false),
+    case
+      when class.relrowsecurity
+        then 'row-level security is on for salesai_analysis_claims'
+      when class.oid is null
+        then 'public.salesai_analysis_claims is missing: run migration 002'
+      else 'row-level security is off for salesai_analysis_claims: run '
+        || 'policies.sql'
+    end
+  from tables
+  left join pg_catalog.pg_class as class on class.oid = tables.claims
+  union all
+  select
+    15,
+    'lookup_function_exists',
+    functions.lookup is not null,
+    case
+      when functions.lookup is not null
+        then 'public.salesai_lookup_analysis exists'
+      else 'public.salesai_lookup_analysis(uuid, text, text, text, '
+        || 'double precision, boolean) is missing: run migration 002'
+    end
+  from functions
+  union all
+  select
+    16,
+    'save_function_exists',
+    functions.save is not null,
+    case
+      when functions.save is not null then 'public.salesai_save_analysis exists'
+      else 'public.salesai_save_analysis(uuid, jsonb, text, integer, integer, '
+        || 'integer, text, text, text) is missing: run migration 002'
+    end
+  from functions
+  union all
+  select
+    17,
+    'functions_not_executable_by_anon',
+    functions.lookup is not null
+      and functions.save is not null
+      and anon_executable.functions is null,
+    case
+      when functions.lookup is null or functions.save is null
+        then 'cannot check: a function of migration 002 is missing'
+      when anon_executable.functions is null
+        then 'anon and PUBLIC may not execute the lookup and save functions'
+      else 'anon or PUBLIC may execute ' || anon_executable.functions
+        || ': run migration 002 again, which revokes it'
+    end
+  from functions, anon_executable
 )
 select check_name::text, passed, detail::text
 from checks

@@ -1,11 +1,14 @@
 """
 A mini PostgREST for the tests, served through respx.
 
-It serves exactly the requests that SupabaseStore sends, by running the SQL
-that PostgREST would run on the real test database, as the role named by the
-request's JWT (service_role, authenticated with its ``sub``, or anon) and with
-``request.jwt.claims`` set, so row-level security applies as on Supabase.
-Replies have PostgREST's shape: status codes from its SQLSTATE table,
+It serves exactly the requests that SupabaseStore sends: table reads, the
+upsert, calls of SQL functions under ``/rpc/`` and filtered deletes. For each
+one it runs the SQL that PostgREST would run on the real test database, as
+the role named by the request's JWT (service_role, authenticated with its
+``sub``, or anon) and with ``request.jwt.claims`` set, so row-level security
+applies as on Supabase. Each request runs in its own transaction on its own
+connection, so concurrent requests behave as on a real PostgREST. Replies
+have PostgREST's shape: status codes from its SQLSTATE table,
 ``Content-Range``, and error bodies ``{"code", "details", "hint", "message"}``.
 
 Any other request raises ``UnexpectedRequest``, so a change in what the store
@@ -19,14 +22,17 @@ import hashlib
 import hmac
 import json
 import re
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import psycopg
 import respx
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from salesai_cache._local.database import as_role
 
@@ -48,6 +54,7 @@ JWT_SECRET = b"salesai-cache-tests-jwt-secret-at-least-32-bytes"
 
 RESULTS = "salesai_analysis_results"
 SESSIONS = "salesai_sessions"
+CLAIMS = "salesai_analysis_claims"
 RESULT_COLUMNS = frozenset(
     {
         "id",
@@ -57,6 +64,8 @@ RESULT_COLUMNS = frozenset(
         "prompt_tokens",
         "completion_tokens",
         "total_tokens",
+        "transcript_hash",
+        "analysis_version",
         "created_at",
         "updated_at",
     }
@@ -191,24 +200,67 @@ def _limit(value: str) -> int:
     return int(value)
 
 
+class _Pool:
+    """
+    Autocommit connections for the emulator, one per request in flight.
+
+    PostgREST runs each request in a transaction of its own on a pooled
+    connection, so requests from several threads run side by side and one may
+    wait on a row lock that another holds, as on Supabase.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._lock = threading.Lock()
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._all: list[psycopg.Connection[Any]] = []
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = psycopg.connect(self._url, autocommit=True)
+            # Supabase databases run in UTC, so timestamps come back as +00:00.
+            conn.execute("set timezone to 'UTC'")
+            with self._lock:
+                self._all.append(conn)
+        try:
+            yield conn
+        finally:
+            if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._idle.clear()
+            self._all.clear()
+
+
 class PostgrestEmulator:
     """
     A respx side effect that plays PostgREST for the store's requests.
 
+    Safe to call from several threads at once: each request runs on a
+    connection of its own.
+
     Args:
         database_url: the test database; the emulator opens its own
-            connection, as PostgREST has its own pool.
+            connections, as PostgREST has its own pool.
     """
 
     def __init__(self, database_url: str) -> None:
-        self._conn = psycopg.connect(database_url, autocommit=True)
-        # Supabase databases run in UTC, so timestamps come back as +00:00.
-        self._conn.execute("set timezone to 'UTC'")
+        self._pool = _Pool(database_url)
         self.requests: list[httpx.Request] = []
         self.responses: list[httpx.Response] = []
 
     def close(self) -> None:
-        self._conn.close()
+        self._pool.close()
 
     def install(self, router: respx.MockRouter) -> respx.Route:
         """
@@ -226,9 +278,11 @@ class PostgrestEmulator:
         prefix = "/rest/v1/"
         if not request.url.path.startswith(prefix):
             raise UnexpectedRequest(f"path {request.url.path} is not under {prefix}")
-        table = request.url.path[len(prefix) :]
-        if table not in {RESULTS, SESSIONS}:
-            raise UnexpectedRequest(f"table {table!r}")
+        resource = request.url.path[len(prefix) :]
+        if resource not in {RESULTS, SESSIONS, CLAIMS} and not resource.startswith(
+            "rpc/"
+        ):
+            raise UnexpectedRequest(f"resource {resource!r}")
         for header in ("Accept-Profile", "Content-Profile"):
             if request.headers.get(header, "public") != "public":
                 raise UnexpectedRequest(f"{header}: {request.headers[header]}")
@@ -238,6 +292,9 @@ class PostgrestEmulator:
         claims = self._claims(request)
         if isinstance(claims, httpx.Response):
             return claims
+        if resource.startswith("rpc/"):
+            return self._rpc(claims, request, resource[len("rpc/") :])
+        table = resource
         if self._missing_table(table):
             return _error(
                 404,
@@ -262,6 +319,14 @@ class PostgrestEmulator:
             return self._run(claims, *self._transcript(params))
         if shape == ("POST", RESULTS, ("on_conflict", "select")):
             return self._upsert(claims, request)
+        if shape == ("DELETE", CLAIMS, ("claimant", "session_id")):
+            return self._delete(claims, request, table, {"return=minimal"})
+        if request.method == "DELETE" and table == RESULTS and keys:
+            if not set(keys) <= {"analysis_version", "session_id"}:
+                raise UnexpectedRequest(f"DELETE {table} filtered by {keys}")
+            return self._delete(
+                claims, request, table, {"return=minimal", "count=exact"}
+            )
         raise UnexpectedRequest(f"{request.method} {request.url}")
 
     def _claims(self, request: httpx.Request) -> dict[str, Any] | httpx.Response:
@@ -278,10 +343,51 @@ class PostgrestEmulator:
         return claims
 
     def _missing_table(self, table: str) -> bool:
-        row = self._conn.execute(
-            "select to_regclass(%s) is null", (f"public.{table}",)
-        ).fetchone()
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "select to_regclass(%s) is null", (f"public.{table}",)
+            ).fetchone()
         return bool(row and row[0])
+
+    def _function_arguments(
+        self, function: str, names: set[str]
+    ) -> list[tuple[str, str]] | None:
+        """
+        Return the (name, type) pairs of the arguments in ``names`` of the
+        function ``public.<function>`` that accepts exactly those names.
+
+        A function accepts them when ``names`` contains every argument
+        without a default and no name that is not an argument, which is how
+        PostgREST picks an overload. Returns ``None`` when none accepts them.
+        """
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "select p.proargnames, p.proargmodes::text[], p.pronargs, "
+                "p.pronargdefaults, array(select pg_catalog.format_type(t, null) "
+                "from unnest(p.proargtypes::oid[]) with ordinality as u(t, n) "
+                "order by n) "
+                "from pg_catalog.pg_proc as p "
+                "where p.pronamespace = 'public'::regnamespace and p.proname = %s",
+                (function,),
+            ).fetchall()
+        for all_names, modes, count, defaults, types in rows:
+            all_names = all_names or []
+            if modes is None:
+                inputs = all_names[:count]
+            else:
+                inputs = [
+                    name
+                    for name, mode in zip(all_names, modes, strict=True)
+                    if mode in {"i", "b", "v"}
+                ]
+            required = set(inputs[: count - defaults])
+            if len(inputs) == count and required <= names <= set(inputs):
+                return [
+                    (name, type_name)
+                    for name, type_name in zip(inputs, types, strict=True)
+                    if name in names
+                ]
+        return None
 
     def _fetch(self, params: httpx.QueryParams) -> tuple[sql.Composable, list[Any]]:
         columns = _columns(params["select"])
@@ -376,12 +482,89 @@ class PostgrestEmulator:
         return self._run(claims, query, [json.dumps(body)], status=201)
 
     def _table_columns(self, table: str) -> set[str]:
-        rows = self._conn.execute(
-            "select column_name from information_schema.columns "
-            "where table_schema = 'public' and table_name = %s",
-            (table,),
-        ).fetchall()
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "select column_name from information_schema.columns "
+                "where table_schema = 'public' and table_name = %s",
+                (table,),
+            ).fetchall()
         return {row[0] for row in rows}
+
+    def _rpc(
+        self, claims: dict[str, Any], request: httpx.Request, function: str
+    ) -> httpx.Response:
+        # The store calls volatile functions, which PostgREST runs only for a
+        # POST with a JSON object of named arguments and no Prefer header.
+        if request.method != "POST":
+            raise UnexpectedRequest(f"{request.method} rpc/{function}")
+        if request.url.params:
+            raise UnexpectedRequest(f"query parameters on rpc/{function}")
+        if "Prefer" in request.headers:
+            raise UnexpectedRequest(f"Prefer {request.headers['Prefer']!r}")
+        if request.headers.get("Content-Type") != "application/json":
+            raise UnexpectedRequest(f"Content-Type {request.headers['Content-Type']}")
+        if not _IDENTIFIER.match(function):
+            raise UnexpectedRequest(f"function name {function!r}")
+        body = json.loads(request.content)
+        if not isinstance(body, dict):
+            raise UnexpectedRequest(f"the body of rpc/{function} is not an object")
+
+        arguments = self._function_arguments(function, set(body))
+        if arguments is None:
+            names = ", ".join(sorted(body))
+            return _error(
+                404,
+                "PGRST202",
+                f"Could not find the function public.{function}({names}) in the "
+                "schema cache",
+                f"Searched for the function public.{function} with parameters "
+                f"{names} or with a single unnamed json/jsonb parameter, but no "
+                "matches were found in the schema cache.",
+            )
+
+        # As PostgREST calls a function: the body becomes a record typed by
+        # the function's arguments, passed by name so defaults fill the rest.
+        # The types come from the catalog, not from the request.
+        query = sql.SQL(
+            "with pgrst_args as (select * from json_to_record(%s::json) "
+            "as pgrst_body({columns})) "
+            "select pgrst_call.* from public.{function}({arguments}) as pgrst_call"
+        ).format(
+            columns=sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_name))
+                for name, type_name in arguments
+            ),
+            function=sql.Identifier(function),
+            arguments=sql.SQL(", ").join(
+                sql.SQL("{name} => (select {name} from pgrst_args)").format(
+                    name=sql.Identifier(name)
+                )
+                for name, _ in arguments
+            ),
+        )
+        return self._run(claims, query, [json.dumps(body)])
+
+    def _delete(
+        self,
+        claims: dict[str, Any],
+        request: httpx.Request,
+        table: str,
+        expected_prefer: set[str],
+    ) -> httpx.Response:
+        prefer = {part.strip() for part in request.headers.get("Prefer", "").split(",")}
+        if prefer != expected_prefer:
+            raise UnexpectedRequest(f"Prefer {request.headers.get('Prefer')!r}")
+        params = request.url.params
+        columns = sorted(params.keys())
+        query = sql.SQL("delete from public.{table} where {conditions}").format(
+            table=sql.Identifier(table),
+            conditions=sql.SQL(" and ").join(
+                sql.SQL("{} = %s").format(sql.Identifier(column)) for column in columns
+            ),
+        )
+        args = [_eq(params[column], column) for column in columns]
+        count_rows = "count=exact" in prefer
+        return self._run(claims, query, args, status=204, count_rows=count_rows)
 
     def _run(
         self,
@@ -390,16 +573,28 @@ class PostgrestEmulator:
         args: list[Any],
         *,
         status: int = 200,
+        count_rows: bool = False,
     ) -> httpx.Response:
         role = claims["role"]
-        wrapped = sql.SQL(
-            "with pgrst_source as ({}) "
-            "select coalesce(json_agg(pgrst_source), '[]')::text, count(*) "
-            "from pgrst_source"
-        ).format(query)
+        if status == 204:
+            # A DELETE with return=minimal replies with no body, only the
+            # number of deleted rows in Content-Range when count=exact is set.
+            wrapped = sql.SQL(
+                "with pgrst_source as ({} returning 1) select '', count(*) "
+                "from pgrst_source"
+            ).format(query)
+        else:
+            wrapped = sql.SQL(
+                "with pgrst_source as ({}) "
+                "select coalesce(json_agg(pgrst_source), '[]')::text, count(*) "
+                "from pgrst_source"
+            ).format(query)
         try:
-            with as_role(self._conn, role, claims.get("sub"), claims=claims):
-                row = self._conn.execute(wrapped, args).fetchone()
+            with (
+                self._pool.connection() as conn,
+                as_role(conn, role, claims.get("sub"), claims=claims),
+            ):
+                row = conn.execute(wrapped, args).fetchone()
         except psycopg.Error as error:
             if error.sqlstate is None:
                 raise
@@ -413,6 +608,9 @@ class PostgrestEmulator:
             )
         assert row is not None
         body, count = row
+        if status == 204:
+            total = str(count) if count_rows else "*"
+            return httpx.Response(204, headers={"Content-Range": f"*/{total}"})
         content_range = f"0-{count - 1}/*" if count else "*/*"
         if status == 201:
             content_range = "*/*"

@@ -6,7 +6,10 @@ runs on the same database.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +24,10 @@ from pydantic import BaseModel, ConfigDict
 
 from salesai_cache import (
     AnalysisCache,
+    AnalyzerError,
     AnalyzerOutput,
     CacheStatus,
+    ClaimTimeoutError,
     InvalidInputError,
     SessionNotFoundError,
     TokenUsage,
@@ -71,8 +76,9 @@ class CountingAnalyzer:
 
     output_model = Verdict
 
-    def __init__(self) -> None:
+    def __init__(self, version: str = "fake-model-1:v1") -> None:
         self.transcripts: list[tuple[Turn, ...]] = []
+        self.analysis_version = version
 
     @property
     def calls(self) -> int:
@@ -538,3 +544,293 @@ def test_usage_in_database(
         (session_id,),
     ).fetchone()
     assert row == (120, 30, 150)
+
+
+# Freshness
+
+
+def reordered(transcript: list[dict[str, str]]) -> list[dict[str, str]]:
+    """
+    The same turns with the keys in another order and extra whitespace.
+    """
+    return [
+        {"text": f"  {turn['text']}\n", "speaker": turn["speaker"]}
+        for turn in transcript
+    ]
+
+
+CHANGED = [*TRANSCRIPT, {"speaker": "Buyer", "text": "Send me the pilot terms."}]
+
+
+def test_key_order_still_hits(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    result = cache.get_or_compute(session_id, reordered(TRANSCRIPT))
+    assert result.status is CacheStatus.HIT
+
+
+def test_changed_transcript_recomputes(
+    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    result = cache.get_or_compute(session_id, CHANGED)
+    assert result.status is CacheStatus.MISS
+    assert result.analysis.turns == 4
+    assert analyzer.calls == 2
+
+
+def test_changed_transcript_replaces_row(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.get_or_compute(session_id, CHANGED)
+    assert stored_rows(db, session_id) == 1
+    assert cache.get_or_compute(session_id, CHANGED).status is CacheStatus.HIT
+
+
+def test_changed_words_recompute(
+    cache: AnalysisCache[Verdict], session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    edited = [dict(turn) for turn in TRANSCRIPT]
+    edited[2]["text"] = "Then let us scope a bigger pilot that fits."
+    assert cache.get_or_compute(session_id, edited).status is CacheStatus.MISS
+
+
+def test_new_version_recomputes(
+    store_client: Any, backend: Backend, session_id: str
+) -> None:
+    AnalysisCache(store_client, CountingAnalyzer("v1")).get_or_compute(
+        session_id, TRANSCRIPT
+    )
+    newer = CountingAnalyzer("v2")
+    result = AnalysisCache(backend.connect(), newer).get_or_compute(
+        session_id, TRANSCRIPT
+    )
+    assert result.status is CacheStatus.MISS
+    assert newer.calls == 1
+
+
+def test_allow_stale_serves_old(
+    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    result = cache.get_or_compute(session_id, CHANGED, allow_stale=True)
+    assert result.status is CacheStatus.STALE
+    assert result.stale
+    assert result.analysis.turns == 3
+    assert analyzer.calls == 1
+
+
+def test_allow_stale_fresh_hits(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    result = cache.get_or_compute(session_id, TRANSCRIPT, allow_stale=True)
+    assert result.status is CacheStatus.HIT
+
+
+def test_allow_stale_empty_computes(
+    cache: AnalysisCache[Verdict], session_id: str
+) -> None:
+    result = cache.get_or_compute(session_id, TRANSCRIPT, allow_stale=True)
+    assert result.status is CacheStatus.MISS
+
+
+def test_get_changed_transcript_stale(
+    cache: AnalysisCache[Verdict], session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    found = cache.get(session_id, CHANGED)
+    assert found is not None and found.status is CacheStatus.STALE
+
+
+def test_legacy_row_recomputed(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    """
+    A row stored before fingerprints existed is stale, however valid.
+    """
+    store_raw(db, session_id, EXPECTED.model_dump())
+    assert cache.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.MISS
+
+
+def test_result_fingerprints(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    miss = cache.get_or_compute(session_id, TRANSCRIPT)
+    hit = cache.get_or_compute(session_id, TRANSCRIPT)
+    assert hit.transcript_hash == miss.transcript_hash
+    assert hit.analysis_version == "fake-model-1:v1"
+
+
+def test_hit_age(cache: AnalysisCache[Verdict], session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    age = cache.get_or_compute(session_id, TRANSCRIPT).age_seconds
+    assert 0.0 <= age < 60.0
+
+
+# refresh and invalidate
+
+
+def test_refresh_recomputes(
+    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    assert cache.refresh(session_id, TRANSCRIPT).status is CacheStatus.MISS
+    assert analyzer.calls == 2
+
+
+def test_refresh_keeps_one_row(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.refresh(session_id)
+    assert stored_rows(db, session_id) == 1
+
+
+def test_invalidate_session(
+    cache: AnalysisCache[Verdict], backend: Backend, session_id: str
+) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    other = AnalysisCache(backend.connect(), CountingAnalyzer())
+    assert other.invalidate(session_id) == 1
+    assert cache.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.MISS
+
+
+def test_invalidate_version(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], user_id: str
+) -> None:
+    first = add_session(db, user_id)
+    second = add_session(db, user_id)
+    cache.get_or_compute(first, TRANSCRIPT)
+    cache.get_or_compute(second, TRANSCRIPT)
+    assert cache.invalidate(analysis_version="fake-model-1:v1") == 2
+    assert cache.invalidate(analysis_version="fake-model-1:v1") == 0
+
+
+def test_invalidate_needs_filter(cache: AnalysisCache[Verdict]) -> None:
+    with pytest.raises(InvalidInputError, match="session_id, an analysis_version"):
+        cache.invalidate()
+
+
+# One computation per session
+
+
+class GatedAnalyzer(CountingAnalyzer):
+    """
+    A counting analyzer that blocks until ``gate`` is set, like a slow model.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self._lock = threading.Lock()
+
+    def analyze(self, transcript: Sequence[Turn]) -> AnalyzerOutput[Verdict]:
+        self.started.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        with self._lock:
+            return super().analyze(transcript)
+
+
+def run_together(count: int, call: Callable[[], Any]) -> list[Any]:
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return [future.result() for future in [pool.submit(call) for _ in range(count)]]
+
+
+def test_threads_share_one_call(store_client: Any, session_id: str) -> None:
+    analyzer = GatedAnalyzer()
+    cache = AnalysisCache(store_client, analyzer)
+    threading.Timer(0.3, analyzer.gate.set).start()
+    results = run_together(10, lambda: cache.get_or_compute(session_id, TRANSCRIPT))
+    assert analyzer.calls == 1
+    assert {result.analysis for result in results} == {EXPECTED}
+    assert (
+        sorted(result.status.value for result in results) == ["miss"] + ["waited"] * 9
+    )
+
+
+def test_caches_share_one_call(backend: Backend, session_id: str) -> None:
+    """
+    Four caches on their own connections, like four processes, compute once.
+    """
+    analyzer = GatedAnalyzer()
+    caches = [AnalysisCache(backend.connect(), analyzer) for _ in range(4)]
+    threading.Timer(0.5, analyzer.gate.set).start()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [
+            pool.submit(cache.get_or_compute, session_id, TRANSCRIPT)
+            for cache in caches
+        ]
+        results = [future.result() for future in futures]
+    assert analyzer.calls == 1
+    assert {result.analysis for result in results} == {EXPECTED}
+    assert (
+        sorted(result.status.value for result in results) == ["miss"] + ["waited"] * 3
+    )
+
+
+class FailingAnalyzer(CountingAnalyzer):
+    def analyze(self, transcript: Sequence[Turn]) -> AnalyzerOutput[Verdict]:
+        super().analyze(transcript)
+        raise AnalyzerError("model unavailable")
+
+
+def test_failure_releases_claim(
+    store_client: Any, backend: Backend, session_id: str
+) -> None:
+    with pytest.raises(AnalyzerError):
+        AnalysisCache(store_client, FailingAnalyzer()).get_or_compute(
+            session_id, TRANSCRIPT
+        )
+    # A lease of an hour: only a released claim lets this call compute at once.
+    other = AnalysisCache(backend.connect(), CountingAnalyzer(), lease_seconds=3600)
+    assert other.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.MISS
+
+
+def hold_claim(db: psycopg.Connection[Any], session_id: str, seconds: float) -> None:
+    """
+    Record a claim by a worker that will never finish, as a crashed one.
+    """
+    db.execute(
+        "insert into public.salesai_analysis_claims (session_id, claimant, expires_at) "
+        "values (%s, 'crashed-worker', now() + make_interval(secs => %s))",
+        (session_id, seconds),
+    )
+
+
+def test_expired_claim_taken_over(
+    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+) -> None:
+    hold_claim(db, session_id, 0.5)
+    started = time.monotonic()
+    result = cache.get_or_compute(session_id, TRANSCRIPT)
+    assert result.status is CacheStatus.MISS
+    assert time.monotonic() - started >= 0.4
+
+
+def test_held_claim_times_out(
+    store_client: Any, db: psycopg.Connection[Any], session_id: str
+) -> None:
+    hold_claim(db, session_id, 60)
+    cache = AnalysisCache(store_client, CountingAnalyzer(), wait_timeout=0.3)
+    with pytest.raises(ClaimTimeoutError) as info:
+        cache.get_or_compute(session_id, TRANSCRIPT)
+    assert info.value.session_id == session_id
+
+
+def test_waiter_logs_wait(
+    store_client: Any,
+    backend: Backend,
+    session_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    analyzer = GatedAnalyzer()
+    leader = AnalysisCache(store_client, analyzer)
+    waiter = AnalysisCache(backend.connect(), CountingAnalyzer())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        computing = pool.submit(leader.get_or_compute, session_id, TRANSCRIPT)
+        assert analyzer.started.wait(10)
+        threading.Timer(0.2, analyzer.gate.set).start()
+        with caplog.at_level(logging.INFO, logger="salesai_cache"):
+            result = waiter.get_or_compute(session_id, TRANSCRIPT)
+        computing.result()
+    assert result.status is CacheStatus.WAITED
+    assert "after waiting" in caplog.text

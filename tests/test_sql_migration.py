@@ -220,6 +220,13 @@ def test_verify_legacy_then_migrated(
         "analysis_results_rls_enabled": False,
         "sessions_policies_exist": False,
         "analysis_results_policies_exist": False,
+        "freshness_columns_exist": False,
+        "claims_table_exists": False,
+        "claims_rls_enabled": False,
+        "claims_policies_exist": False,
+        "lookup_function_exists": False,
+        "save_function_exists": False,
+        "functions_not_executable_by_anon": False,
     }
 
     apply_sql(legacy_db, UP)
@@ -229,8 +236,16 @@ def test_verify_legacy_then_migrated(
         "analysis_results_rls_enabled",
         "sessions_policies_exist",
         "analysis_results_policies_exist",
+        "freshness_columns_exist",
+        "claims_table_exists",
+        "claims_rls_enabled",
+        "claims_policies_exist",
+        "lookup_function_exists",
+        "save_function_exists",
+        "functions_not_executable_by_anon",
     }
 
+    apply_sql(legacy_db, "migrations/002_add_freshness_and_claims")
     apply_sql(legacy_db, "policies")
     assert all(_verify(legacy_db).values())
 

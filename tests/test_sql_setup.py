@@ -1,6 +1,6 @@
 """
 sql/setup.sql on a real PostgreSQL: what it creates, that it is re-runnable,
-and that it matches the legacy schema plus migration 001.
+and that it matches the legacy schema plus every migration.
 """
 
 from __future__ import annotations
@@ -23,10 +23,52 @@ from salesai_cache._local.database import (
     run_verify,
     schema_snapshot,
 )
-from salesai_cache._sql import list_sql_files, read_sql
+from salesai_cache._sql import list_sql_files, migration_names, read_sql
 
 LEGACY_SCHEMA = Path(__file__).with_name("legacy_schema.sql")
-MIGRATION = "migrations/001_add_conversation_id_and_caching"
+
+VERIFY_CHECKS = [
+    "sessions_table_exists",
+    "analysis_results_table_exists",
+    "conversation_id_column_exists",
+    "session_id_unique_constraint_exists",
+    "conversation_id_index_exists",
+    "no_duplicate_analyses",
+    "sessions_rls_enabled",
+    "analysis_results_rls_enabled",
+    "sessions_policies_exist",
+    "analysis_results_policies_exist",
+    "freshness_columns_exist",
+    "claims_table_exists",
+    "claims_rls_enabled",
+    "claims_policies_exist",
+    "lookup_function_exists",
+    "save_function_exists",
+    "functions_not_executable_by_anon",
+]
+
+
+def _apply_migrations(conn: psycopg.Connection[Any]) -> None:
+    names = migration_names()
+    assert names[:2] == [
+        "migrations/001_add_conversation_id_and_caching",
+        "migrations/002_add_freshness_and_claims",
+    ]
+    for name in names:
+        apply_sql(conn, name)
+
+
+def _function_privileges(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        """
+        select p.proname, acl.grantee::regrole::text, acl.privilege_type
+        from pg_catalog.pg_proc as p,
+             aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) as acl
+        where p.pronamespace = 'public'::regnamespace
+          and p.proname like 'salesai\\_%'
+        order by 1, 2, 3
+        """
+    ).fetchall()
 
 
 @pytest.fixture
@@ -81,6 +123,15 @@ def test_setup_creates_schema(bare_db: psycopg.Connection[Any]) -> None:
         "total_tokens": ("integer", False),
         "created_at": ("timestamp with time zone", False),
         "updated_at": ("timestamp with time zone", False),
+        "transcript_hash": ("text", True),
+        "analysis_version": ("text", True),
+    }
+    claims = _columns(bare_db, "salesai_analysis_claims")
+    assert claims == {
+        "session_id": ("uuid", False),
+        "claimant": ("text", False),
+        "claimed_at": ("timestamp with time zone", False),
+        "expires_at": ("timestamp with time zone", False),
     }
     snapshot = schema_snapshot(bare_db)
     constraints = {(row[0], row[1]): row[3] for row in snapshot["constraints"]}
@@ -95,6 +146,12 @@ def test_setup_creates_schema(bare_db: psycopg.Connection[Any]) -> None:
     )
     assert constraints[
         ("salesai_analysis_results", "salesai_analysis_results_session_id_fkey")
+    ] == ("FOREIGN KEY (session_id) REFERENCES salesai_sessions(id) ON DELETE CASCADE")
+    assert constraints[("salesai_analysis_claims", "salesai_analysis_claims_pkey")] == (
+        "PRIMARY KEY (session_id)"
+    )
+    assert constraints[
+        ("salesai_analysis_claims", "salesai_analysis_claims_session_id_fkey")
     ] == ("FOREIGN KEY (session_id) REFERENCES salesai_sessions(id) ON DELETE CASCADE")
     for column in ("prompt_tokens", "completion_tokens", "total_tokens"):
         name = f"salesai_analysis_results_{column}_check"
@@ -111,6 +168,11 @@ def test_setup_creates_schema(bare_db: psycopg.Connection[Any]) -> None:
         "salesai_sessions_set_updated_at",
     }
     assert all(row[4] for row in snapshot["tables"]), "every table has a comment"
+    assert {row[0] for row in snapshot["functions"]} == {
+        "salesai_lookup_analysis",
+        "salesai_save_analysis",
+        "salesai_set_updated_at",
+    }
 
 
 @pytest.mark.sql
@@ -155,19 +217,21 @@ def test_setup_keeps_rows_when_run_again(db: psycopg.Connection[Any]) -> None:
 
 
 @pytest.mark.sql
-def test_setup_after_legacy_and_migration_changes_nothing(
+def test_setup_after_legacy_and_migrations_changes_nothing(
     legacy_db: psycopg.Connection[Any],
 ) -> None:
-    apply_sql(legacy_db, MIGRATION)
+    _apply_migrations(legacy_db)
     before = schema_snapshot(legacy_db)
+    privileges = _function_privileges(legacy_db)
 
     apply_sql(legacy_db, "setup")
 
     assert schema_snapshot(legacy_db) == before
+    assert _function_privileges(legacy_db) == privileges
 
 
 @pytest.mark.sql
-def test_legacy_plus_migration_matches_setup(
+def test_legacy_plus_migrations_match_setup(
     legacy_db: psycopg.Connection[Any], other_bare_db: psycopg.Connection[Any]
 ) -> None:
     apply_sql(other_bare_db, "setup")
@@ -175,12 +239,14 @@ def test_legacy_plus_migration_matches_setup(
     legacy = schema_snapshot(legacy_db)
     assert legacy != from_setup, "the comparison must see the legacy differences"
 
-    apply_sql(legacy_db, MIGRATION)
+    _apply_migrations(legacy_db)
 
     from_migration = schema_snapshot(legacy_db)
     for kind in from_setup:
         assert from_migration[kind] == from_setup[kind], kind
     assert from_setup["columns"], "the snapshot must not be empty"
+    assert len(from_setup["functions"]) == 3
+    assert _function_privileges(legacy_db) == _function_privileges(other_bare_db)
 
     apply_sql(legacy_db, "policies")
     apply_sql(other_bare_db, "policies")
@@ -219,18 +285,7 @@ def test_setup_stops_on_legacy_duplicates_and_changes_nothing(
 def test_verify_on_database_without_tables(bare_db: psycopg.Connection[Any]) -> None:
     rows = run_verify(bare_db)
 
-    assert [name for name, _, _ in rows] == [
-        "sessions_table_exists",
-        "analysis_results_table_exists",
-        "conversation_id_column_exists",
-        "session_id_unique_constraint_exists",
-        "conversation_id_index_exists",
-        "no_duplicate_analyses",
-        "sessions_rls_enabled",
-        "analysis_results_rls_enabled",
-        "sessions_policies_exist",
-        "analysis_results_policies_exist",
-    ]
+    assert [name for name, _, _ in rows] == VERIFY_CHECKS
     assert not any(passed for _, passed, _ in rows)
     assert "run setup.sql" in rows[0][2]
 
@@ -240,7 +295,7 @@ def test_verify_passes_after_setup_and_policies(db: psycopg.Connection[Any]) -> 
     rows = run_verify(db)
 
     assert all(passed for _, passed, _ in rows), rows
-    assert len(rows) == 10
+    assert [name for name, _, _ in rows] == VERIFY_CHECKS
 
 
 @pytest.mark.sql

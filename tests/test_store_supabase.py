@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import respx
 import supabase
-from postgrest import AsyncPostgrestClient, SyncPostgrestClient
+from postgrest import APIError, AsyncPostgrestClient, CountMethod, SyncPostgrestClient
 from postgrest_emulator import (
     ANON_KEY,
     SERVICE_ROLE_KEY,
@@ -29,6 +29,7 @@ from supabase.lib.client_options import SyncClientOptions
 
 from salesai_cache import (
     CacheStoreError,
+    Lookup,
     SchemaMismatchError,
     SessionNotFoundError,
     StoredAnalysis,
@@ -55,8 +56,11 @@ API_KEY = "test-service-role-key-not-a-secret"
 SESSION_ID = "0b5f6c1e-8d2a-4c2e-9a55-3f1f4f0c7a11"
 COLUMNS = (
     "session_id,analysis,model,prompt_tokens,completion_tokens,total_tokens,"
-    "created_at,updated_at"
+    "transcript_hash,analysis_version,created_at,updated_at"
 )
+HASH = "9f2c4e6a8b0d1f3e5a7c9b1d3f5e7a9c0b2d4f6e8a0c2e4f6a8b0c2d4e6f8a0b"
+VERSION = "gpt-4o-mini-2024-07-18:5d41402abc4b"
+CLAIMANT = "worker-1:4242"
 ROW: dict[str, Any] = {
     "session_id": SESSION_ID,
     "analysis": {"summary": "Good discovery questions."},
@@ -64,9 +68,14 @@ ROW: dict[str, Any] = {
     "prompt_tokens": 812,
     "completion_tokens": 164,
     "total_tokens": 976,
+    "transcript_hash": HASH,
+    "analysis_version": VERSION,
     "created_at": "2026-12-04T15:18:44.12345+00:00",
     "updated_at": "2026-12-04T15:18:44.123456+00:00",
 }
+RPC_SAVE = "/rpc/salesai_save_analysis"
+RPC_LOOKUP = "/rpc/salesai_lookup_analysis"
+CLAIMS = "/salesai_analysis_claims"
 USAGE = TokenUsage(prompt_tokens=812, completion_tokens=164, total_tokens=976)
 TRICKY_CONVERSATION_ID = 'conv "a,b" (x.y) \\ z: é€ & + # % = ?'
 
@@ -147,9 +156,18 @@ def test_fetch_hit(api: respx.MockRouter, store: SupabaseStore) -> None:
         analysis={"summary": "Good discovery questions."},
         model="gpt-4o-mini-2024-07-18",
         usage=USAGE,
-        created_at=dt.datetime(2026, 12, 4, 15, 18, 44, 123450, tzinfo=dt.timezone.utc),
-        updated_at=dt.datetime(2026, 12, 4, 15, 18, 44, 123456, tzinfo=dt.timezone.utc),
+        created_at=dt.datetime(2026, 12, 4, 15, 18, 44, 123450, tzinfo=dt.UTC),
+        updated_at=dt.datetime(2026, 12, 4, 15, 18, 44, 123456, tzinfo=dt.UTC),
+        transcript_hash=HASH,
+        analysis_version=VERSION,
     )
+
+
+def test_fetch_legacy_row(api: respx.MockRouter, store: SupabaseStore) -> None:
+    row = {**ROW, "transcript_hash": None, "analysis_version": None}
+    api.get("/salesai_analysis_results").mock(return_value=rows_reply([row]))
+    found = store.fetch(SESSION_ID)
+    assert found is not None and found.transcript_hash is None
 
 
 def test_fetch_miss(api: respx.MockRouter, store: SupabaseStore) -> None:
@@ -213,65 +231,308 @@ def test_transcript_missing(api: respx.MockRouter, store: SupabaseStore) -> None
 
 
 def save(store: SupabaseStore) -> StoredAnalysis:
-    return store.save(SESSION_ID, ROW["analysis"], ROW["model"], USAGE)
-
-
-def test_save_request(api: respx.MockRouter, store: SupabaseStore) -> None:
-    route = api.post("/salesai_analysis_results").mock(
-        return_value=rows_reply([ROW], status=201)
+    return store.save(
+        SESSION_ID,
+        ROW["analysis"],
+        ROW["model"],
+        USAGE,
+        transcript_hash=HASH,
+        analysis_version=VERSION,
+        claimant=CLAIMANT,
     )
-    save(store)
-    assert query(only_request(route)) == [
-        ("on_conflict", "session_id"),
-        ("select", COLUMNS),
-    ]
 
 
-def test_save_prefer(api: respx.MockRouter, store: SupabaseStore) -> None:
-    route = api.post("/salesai_analysis_results").mock(
-        return_value=rows_reply([ROW], status=201)
-    )
+def test_save_path(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_SAVE).mock(return_value=rows_reply([ROW]))
     save(store)
-    assert prefer(only_request(route)) == {
-        "resolution=merge-duplicates",
-        "return=representation",
-    }
+    assert only_request(route).url.path == "/rest/v1/rpc/salesai_save_analysis"
+
+
+def test_save_no_query(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_SAVE).mock(return_value=rows_reply([ROW]))
+    save(store)
+    assert query(only_request(route)) == []
+
+
+def test_save_no_prefer(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_SAVE).mock(return_value=rows_reply([ROW]))
+    save(store)
+    assert "Prefer" not in only_request(route).headers
 
 
 def test_save_body(api: respx.MockRouter, store: SupabaseStore) -> None:
-    route = api.post("/salesai_analysis_results").mock(
-        return_value=rows_reply([ROW], status=201)
-    )
+    route = api.post(RPC_SAVE).mock(return_value=rows_reply([ROW]))
     save(store)
     assert json.loads(only_request(route).content) == {
-        "session_id": SESSION_ID,
-        "analysis": {"summary": "Good discovery questions."},
-        "model": "gpt-4o-mini-2024-07-18",
-        "prompt_tokens": 812,
-        "completion_tokens": 164,
-        "total_tokens": 976,
+        "p_session_id": SESSION_ID,
+        "p_analysis": {"summary": "Good discovery questions."},
+        "p_model": "gpt-4o-mini-2024-07-18",
+        "p_prompt_tokens": 812,
+        "p_completion_tokens": 164,
+        "p_total_tokens": 976,
+        "p_transcript_hash": HASH,
+        "p_analysis_version": VERSION,
+        "p_claimant": CLAIMANT,
     }
 
 
+def test_save_body_defaults(api: respx.MockRouter, store: SupabaseStore) -> None:
+    # Every parameter is sent, as null when not given: the function has no
+    # defaults, and PostgREST matches a function by its parameter names.
+    route = api.post(RPC_SAVE).mock(return_value=rows_reply([ROW]))
+    store.save(SESSION_ID, ROW["analysis"], ROW["model"], USAGE)
+    body = json.loads(only_request(route).content)
+    assert [body[key] for key in ("p_transcript_hash", "p_claimant")] == [None, None]
+
+
 def test_save_content_type(api: respx.MockRouter, store: SupabaseStore) -> None:
-    route = api.post("/salesai_analysis_results").mock(
-        return_value=rows_reply([ROW], status=201)
-    )
+    route = api.post(RPC_SAVE).mock(return_value=rows_reply([ROW]))
     save(store)
     assert only_request(route).headers["Content-Type"] == "application/json"
 
 
+def test_save_public_schema(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_SAVE).mock(return_value=rows_reply([ROW]))
+    save(store)
+    assert only_request(route).headers["Content-Profile"] == "public"
+
+
 def test_save_returns_row(api: respx.MockRouter, store: SupabaseStore) -> None:
-    api.post("/salesai_analysis_results").mock(
-        return_value=rows_reply([ROW], status=201)
-    )
+    api.post(RPC_SAVE).mock(return_value=rows_reply([ROW]))
     assert save(store).usage == USAGE
 
 
+def test_save_returns_hash(api: respx.MockRouter, store: SupabaseStore) -> None:
+    api.post(RPC_SAVE).mock(return_value=rows_reply([ROW]))
+    assert save(store).transcript_hash == HASH
+
+
 def test_save_hidden_row(api: respx.MockRouter, store: SupabaseStore) -> None:
-    api.post("/salesai_analysis_results").mock(return_value=rows_reply([], status=201))
+    api.post(RPC_SAVE).mock(return_value=rows_reply([]))
     with pytest.raises(CacheStoreError, match="policies"):
         save(store)
+
+
+LOOKUP_ROW: dict[str, Any] = {
+    **ROW,
+    "age_seconds": 12.5,
+    "fresh": True,
+    "claimed": False,
+    "claim_expires_at": None,
+}
+EMPTY_LOOKUP_ROW: dict[str, Any] = {
+    **{column: None for column in COLUMNS.split(",")},
+    "age_seconds": None,
+    "fresh": False,
+    "claimed": True,
+    "claim_expires_at": "2026-12-04T15:19:14.5+00:00",
+}
+
+
+def lookup(store: SupabaseStore, *, force: bool = False) -> Lookup:
+    return store.lookup(SESSION_ID, HASH, VERSION, CLAIMANT, 30.0, force=force)
+
+
+def test_lookup_path(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_LOOKUP).mock(return_value=rows_reply([LOOKUP_ROW]))
+    lookup(store)
+    assert only_request(route).url.path == "/rest/v1/rpc/salesai_lookup_analysis"
+
+
+def test_lookup_body(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_LOOKUP).mock(return_value=rows_reply([LOOKUP_ROW]))
+    lookup(store, force=True)
+    assert json.loads(only_request(route).content) == {
+        "p_session_id": SESSION_ID,
+        "p_transcript_hash": HASH,
+        "p_analysis_version": VERSION,
+        "p_claimant": CLAIMANT,
+        "p_lease_seconds": 30.0,
+        "p_force": True,
+    }
+
+
+def test_lookup_no_query(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_LOOKUP).mock(return_value=rows_reply([LOOKUP_ROW]))
+    lookup(store)
+    assert query(only_request(route)) == []
+
+
+def test_lookup_no_prefer(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_LOOKUP).mock(return_value=rows_reply([LOOKUP_ROW]))
+    lookup(store)
+    assert "Prefer" not in only_request(route).headers
+
+
+def test_lookup_accept(api: respx.MockRouter, store: SupabaseStore) -> None:
+    # For any type PostgREST returns a JSON array of rows. The single-object
+    # type would turn a missing row into PGRST116 instead of the store's error.
+    route = api.post(RPC_LOOKUP).mock(return_value=rows_reply([LOOKUP_ROW]))
+    lookup(store)
+    assert only_request(route).headers["Accept"] == "*/*"
+
+
+def test_lookup_content_type(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_LOOKUP).mock(return_value=rows_reply([LOOKUP_ROW]))
+    lookup(store)
+    assert only_request(route).headers["Content-Type"] == "application/json"
+
+
+def test_lookup_sends_bearer(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_LOOKUP).mock(return_value=rows_reply([LOOKUP_ROW]))
+    lookup(store)
+    assert only_request(route).headers["Authorization"] == f"Bearer {API_KEY}"
+
+
+def test_lookup_fresh(api: respx.MockRouter, store: SupabaseStore) -> None:
+    api.post(RPC_LOOKUP).mock(return_value=rows_reply([LOOKUP_ROW]))
+    assert lookup(store) == Lookup(
+        stored=StoredAnalysis(
+            session_id=SESSION_ID,
+            analysis={"summary": "Good discovery questions."},
+            model="gpt-4o-mini-2024-07-18",
+            usage=USAGE,
+            created_at=dt.datetime(2026, 12, 4, 15, 18, 44, 123450, tzinfo=dt.UTC),
+            updated_at=dt.datetime(2026, 12, 4, 15, 18, 44, 123456, tzinfo=dt.UTC),
+            transcript_hash=HASH,
+            analysis_version=VERSION,
+            age_seconds=12.5,
+        ),
+        fresh=True,
+        claimed=False,
+        claim_expires_at=None,
+    )
+
+
+def test_lookup_nothing_stored(api: respx.MockRouter, store: SupabaseStore) -> None:
+    api.post(RPC_LOOKUP).mock(return_value=rows_reply([EMPTY_LOOKUP_ROW]))
+    assert lookup(store).stored is None
+
+
+def test_lookup_claimed(api: respx.MockRouter, store: SupabaseStore) -> None:
+    api.post(RPC_LOOKUP).mock(return_value=rows_reply([EMPTY_LOOKUP_ROW]))
+    assert lookup(store).claimed is True
+
+
+def test_lookup_expiry(api: respx.MockRouter, store: SupabaseStore) -> None:
+    api.post(RPC_LOOKUP).mock(return_value=rows_reply([EMPTY_LOOKUP_ROW]))
+    assert lookup(store).claim_expires_at == dt.datetime(
+        2026, 12, 4, 15, 19, 14, 500000, tzinfo=dt.UTC
+    )
+
+
+def test_lookup_no_row(api: respx.MockRouter, store: SupabaseStore) -> None:
+    api.post(RPC_LOOKUP).mock(return_value=rows_reply([]))
+    with pytest.raises(CacheStoreError, match="returned 0 rows"):
+        lookup(store)
+
+
+def test_lookup_bad_flag(api: respx.MockRouter, store: SupabaseStore) -> None:
+    row = {**LOOKUP_ROW, "fresh": None}
+    api.post(RPC_LOOKUP).mock(return_value=rows_reply([row]))
+    with pytest.raises(CacheStoreError, match="fresh"):
+        lookup(store)
+
+
+def test_lookup_fk(api: respx.MockRouter, store: SupabaseStore) -> None:
+    message = (
+        'insert or update on table "salesai_analysis_claims" violates foreign '
+        'key constraint "salesai_analysis_claims_session_id_fkey"'
+    )
+    api.post(RPC_LOOKUP).mock(return_value=error_reply(409, "23503", message))
+    with pytest.raises(SessionNotFoundError):
+        lookup(store)
+
+
+def test_lookup_no_retry(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.post(RPC_LOOKUP).mock(
+        return_value=error_reply(503, "PGRST002", "Could not query the database")
+    )
+    with pytest.raises(CacheStoreError):
+        lookup(store)
+    assert route.call_count == 1
+
+
+def test_release_method(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.delete(CLAIMS).mock(return_value=httpx.Response(204))
+    store.release(SESSION_ID, CLAIMANT)
+    assert only_request(route).method == "DELETE"
+
+
+def test_release_request(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.delete(CLAIMS).mock(return_value=httpx.Response(204))
+    store.release(SESSION_ID, CLAIMANT)
+    assert query(only_request(route)) == [
+        ("session_id", f"eq.{SESSION_ID}"),
+        ("claimant", f"eq.{CLAIMANT}"),
+    ]
+
+
+def test_release_prefer(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.delete(CLAIMS).mock(return_value=httpx.Response(204))
+    store.release(SESSION_ID, CLAIMANT)
+    assert prefer(only_request(route)) == {"return=minimal"}
+
+
+def test_release_returns_none(api: respx.MockRouter, store: SupabaseStore) -> None:
+    api.delete(CLAIMS).mock(return_value=httpx.Response(204))
+    assert store.release(SESSION_ID, CLAIMANT) is None  # type: ignore[func-returns-value]
+
+
+def deleted_reply(count: int) -> httpx.Response:
+    return httpx.Response(204, headers={"Content-Range": f"*/{count}"})
+
+
+def test_invalidate_session(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.delete("/salesai_analysis_results").mock(return_value=deleted_reply(1))
+    store.invalidate(session_id=SESSION_ID)
+    assert query(only_request(route)) == [("session_id", f"eq.{SESSION_ID}")]
+
+
+def test_invalidate_version(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.delete("/salesai_analysis_results").mock(return_value=deleted_reply(3))
+    store.invalidate(analysis_version=VERSION)
+    assert query(only_request(route)) == [("analysis_version", f"eq.{VERSION}")]
+
+
+def test_invalidate_both(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.delete("/salesai_analysis_results").mock(return_value=deleted_reply(0))
+    store.invalidate(session_id=SESSION_ID, analysis_version=VERSION)
+    assert query(only_request(route)) == [
+        ("session_id", f"eq.{SESSION_ID}"),
+        ("analysis_version", f"eq.{VERSION}"),
+    ]
+
+
+def test_invalidate_prefer(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.delete("/salesai_analysis_results").mock(return_value=deleted_reply(1))
+    store.invalidate(session_id=SESSION_ID)
+    assert prefer(only_request(route)) == {"return=minimal", "count=exact"}
+
+
+def test_invalidate_count(api: respx.MockRouter, store: SupabaseStore) -> None:
+    api.delete("/salesai_analysis_results").mock(return_value=deleted_reply(3))
+    assert store.invalidate(analysis_version=VERSION) == 3
+
+
+def test_invalidate_no_count(api: respx.MockRouter, store: SupabaseStore) -> None:
+    api.delete("/salesai_analysis_results").mock(
+        return_value=httpx.Response(204, headers={"Content-Range": "*/*"})
+    )
+    with pytest.raises(CacheStoreError, match="no count"):
+        store.invalidate(session_id=SESSION_ID)
+
+
+def test_invalidate_needs_filter(api: respx.MockRouter, store: SupabaseStore) -> None:
+    with pytest.raises(ValueError, match="session_id, an analysis_version"):
+        store.invalidate()
+
+
+def test_invalidate_sends_nothing(api: respx.MockRouter, store: SupabaseStore) -> None:
+    route = api.delete("/salesai_analysis_results").mock(return_value=deleted_reply(0))
+    with pytest.raises(ValueError):
+        store.invalidate()
+    assert route.call_count == 0
 
 
 def test_bare_postgrest_client(api: respx.MockRouter) -> None:
@@ -303,7 +564,9 @@ def test_no_retry_on_503(api: respx.MockRouter, store: SupabaseStore) -> None:
 # Errors: (operation, status, code, server message, exception, code, words)
 
 SAVE, FETCH, CONVERSATION, TRANSCRIPT = "save", "fetch", "conversation", "transcript"
+LOOKUP, RELEASE, INVALIDATE = "lookup", "release", "invalidate"
 MIGRATION = "sql/migrations/001_add_conversation_id_and_caching.sql"
+MIGRATION_002 = "sql/migrations/002_add_freshness_and_claims.sql"
 RELOAD = "notify pgrst, 'reload schema'"
 
 ERRORS: dict[
@@ -450,12 +713,96 @@ ERRORS: dict[
         "PGRST001",
         "retry later",
     ),
+    "function-missing": (
+        LOOKUP,
+        404,
+        "PGRST202",
+        "Could not find the function public.salesai_lookup_analysis(p_analysis_"
+        "version, p_claimant, p_force, p_lease_seconds, p_session_id, p_transcript"
+        "_hash) in the schema cache",
+        SchemaMismatchError,
+        "PGRST202",
+        MIGRATION_002,
+    ),
+    "function-cache": (
+        SAVE,
+        404,
+        "PGRST202",
+        "Could not find the function public.salesai_save_analysis(p_analysis, "
+        "p_analysis_version, p_claimant, p_completion_tokens, p_model, "
+        "p_prompt_tokens, p_session_id, p_total_tokens, p_transcript_hash) in the "
+        "schema cache",
+        SchemaMismatchError,
+        "PGRST202",
+        RELOAD,
+    ),
+    "invalid-lease": (
+        LOOKUP,
+        400,
+        "22023",
+        "invalid lease of -1 seconds: expected a positive number",
+        CacheStoreError,
+        "22023",
+        "invalid lease of -1 seconds",
+    ),
+    "rpc-permission": (
+        LOOKUP,
+        403,
+        "42501",
+        'new row violates row-level security policy for table "salesai_analysis_'
+        'claims"',
+        CacheStoreError,
+        "42501",
+        "service-role key",
+    ),
+    "rpc-anon": (
+        SAVE,
+        401,
+        "42501",
+        "permission denied for function salesai_save_analysis",
+        CacheStoreError,
+        "42501",
+        "salesai_save_analysis run with the caller's rights",
+    ),
+    "claims-table": (
+        RELEASE,
+        404,
+        "PGRST205",
+        "Could not find the table 'public.salesai_analysis_claims' in the schema cache",
+        SchemaMismatchError,
+        "PGRST205",
+        MIGRATION_002,
+    ),
+    "fingerprint-column": (
+        INVALIDATE,
+        400,
+        "42703",
+        "column salesai_analysis_results.analysis_version does not exist",
+        SchemaMismatchError,
+        "42703",
+        MIGRATION_002,
+    ),
+    "fingerprint-read": (
+        FETCH,
+        400,
+        "42703",
+        "column salesai_analysis_results.transcript_hash does not exist",
+        SchemaMismatchError,
+        "42703",
+        MIGRATION_002,
+    ),
 }
 
 
 def call(store: SupabaseStore, operation: str) -> object:
     if operation == SAVE:
         return save(store)
+    if operation == LOOKUP:
+        return lookup(store)
+    if operation == RELEASE:
+        return store.release(SESSION_ID, CLAIMANT)  # type: ignore[func-returns-value]
+    if operation == INVALIDATE:
+        return store.invalidate(analysis_version=VERSION)
     if operation == FETCH:
         return store.fetch(SESSION_ID)
     if operation == CONVERSATION:
@@ -463,12 +810,20 @@ def call(store: SupabaseStore, operation: str) -> object:
     return store.fetch_transcript(SESSION_ID)
 
 
+ROUTES = {
+    SAVE: ("POST", RPC_SAVE),
+    LOOKUP: ("POST", RPC_LOOKUP),
+    RELEASE: ("DELETE", CLAIMS),
+    INVALIDATE: ("DELETE", "/salesai_analysis_results"),
+    FETCH: ("GET", "/salesai_analysis_results"),
+    CONVERSATION: ("GET", "/salesai_analysis_results"),
+    TRANSCRIPT: ("GET", "/salesai_sessions"),
+}
+
+
 def mock_reply(api: respx.MockRouter, operation: str, reply: httpx.Response) -> None:
-    table = (
-        "/salesai_sessions" if operation == TRANSCRIPT else "/salesai_analysis_results"
-    )
-    route = api.post(table) if operation == SAVE else api.get(table)
-    route.mock(return_value=reply)
+    method, path = ROUTES[operation]
+    api.route(method=method, path=path).mock(return_value=reply)
 
 
 def raised(api: respx.MockRouter, store: SupabaseStore, name: str) -> Exception:
@@ -559,9 +914,7 @@ def test_connect_error_host(api: respx.MockRouter, store: SupabaseStore) -> None
 
 
 def test_connect_error_hides_key(api: respx.MockRouter, store: SupabaseStore) -> None:
-    api.post("/salesai_analysis_results").mock(
-        side_effect=httpx.ConnectError(f"refused, key={API_KEY}")
-    )
+    api.post(RPC_SAVE).mock(side_effect=httpx.ConnectError(f"refused, key={API_KEY}"))
     with pytest.raises(CacheStoreError) as info:
         save(store)
     assert API_KEY not in str(info.value)
@@ -600,14 +953,12 @@ def test_bad_timestamp(api: respx.MockRouter, store: SupabaseStore) -> None:
     ],
 )
 def test_timestamp_utc(text: str, expected: dt.datetime) -> None:
-    assert parse_timestamp(text) == expected.replace(tzinfo=dt.timezone.utc)
+    assert parse_timestamp(text) == expected.replace(tzinfo=dt.UTC)
 
 
 def test_timestamp_offset() -> None:
     parsed = parse_timestamp("2026-12-04T20:48:44.5+05:30")
-    assert parsed == dt.datetime(
-        2026, 12, 4, 15, 18, 44, 500000, tzinfo=dt.timezone.utc
-    )
+    assert parsed == dt.datetime(2026, 12, 4, 15, 18, 44, 500000, tzinfo=dt.UTC)
 
 
 # Against the PostgREST emulator on a real database: roles and schemas
@@ -771,10 +1122,11 @@ def test_emulated_fk_status(emulated: PostgrestEmulator) -> None:
 def test_emulated_column_missing(
     emulated: PostgrestEmulator, db: psycopg.Connection[Any], session_id: str
 ) -> None:
+    # The save function names the column, so PostgreSQL reports it missing.
     db.execute("alter table public.salesai_analysis_results drop column total_tokens")
     with pytest.raises(SchemaMismatchError) as info:
         service_store().save(session_id, ROW["analysis"], ROW["model"], USAGE)
-    assert info.value.code == "PGRST204"
+    assert info.value.code == "42703"
 
 
 @pytest.fixture
@@ -805,12 +1157,20 @@ def legacy_session(legacy_db: psycopg.Connection[Any]) -> str:
 
 
 @pytest.mark.sql
-def test_emulated_legacy_upsert(
+def test_emulated_legacy_save(
     emulated_bare: PostgrestEmulator, legacy_session: str
 ) -> None:
     with pytest.raises(SchemaMismatchError) as info:
         service_store().save(legacy_session, ROW["analysis"], ROW["model"], USAGE)
-    assert info.value.code == "42P10"
+    assert info.value.code == "PGRST202"
+
+
+@pytest.mark.sql
+def test_emulated_legacy_save_advice(
+    emulated_bare: PostgrestEmulator, legacy_session: str
+) -> None:
+    with pytest.raises(SchemaMismatchError, match=MIGRATION_002):
+        service_store().save(legacy_session, ROW["analysis"], ROW["model"], USAGE)
 
 
 @pytest.mark.sql
@@ -827,3 +1187,43 @@ def test_emulator_rejects_unknown(emulated: PostgrestEmulator) -> None:
     client = supabase.create_client(BASE_URL, SERVICE_ROLE_KEY)
     with pytest.raises(UnexpectedRequest):
         client.table("salesai_analysis_results").select("*").execute()
+
+
+@pytest.mark.sql
+def test_emulator_rejects_session_delete(emulated: PostgrestEmulator) -> None:
+    client = supabase.create_client(BASE_URL, SERVICE_ROLE_KEY)
+    with pytest.raises(UnexpectedRequest):
+        client.table("salesai_sessions").delete().eq("id", SESSION_ID).execute()
+
+
+@pytest.mark.sql
+def test_emulator_rejects_rpc_count(emulated: PostgrestEmulator) -> None:
+    client = supabase.create_client(BASE_URL, SERVICE_ROLE_KEY)
+    with pytest.raises(UnexpectedRequest):
+        client.rpc("salesai_lookup_analysis", {}, count=CountMethod.exact).execute()
+
+
+@pytest.mark.sql
+def test_emulator_unknown_function(emulated: PostgrestEmulator) -> None:
+    client = supabase.create_client(BASE_URL, SERVICE_ROLE_KEY)
+    with pytest.raises(APIError) as info:
+        client.rpc("salesai_no_such_function", {"p_x": 1}).execute()
+    assert info.value.code == "PGRST202"
+
+
+@pytest.mark.sql
+def test_emulator_unknown_function_status(emulated: PostgrestEmulator) -> None:
+    client = supabase.create_client(BASE_URL, SERVICE_ROLE_KEY)
+    with pytest.raises(APIError):
+        client.rpc("salesai_no_such_function", {"p_x": 1}).execute()
+    assert emulated.responses[-1].status_code == 404
+
+
+@pytest.mark.sql
+def test_emulator_wrong_parameters(emulated: PostgrestEmulator) -> None:
+    # PostgREST matches a function by its parameter names, so a missing
+    # required one is a missing function too.
+    client = supabase.create_client(BASE_URL, SERVICE_ROLE_KEY)
+    with pytest.raises(APIError) as info:
+        client.rpc("salesai_lookup_analysis", {"p_session_id": SESSION_ID}).execute()
+    assert info.value.code == "PGRST202"

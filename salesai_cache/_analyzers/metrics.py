@@ -7,12 +7,14 @@ can run, and be tried out, without a model provider.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .._keys import analysis_version
 from .._models import AnalyzerOutput, TokenUsage, Turn
 from ..exceptions import InvalidInputError
 
@@ -125,6 +127,13 @@ class ConversationMetricsAnalyzer:
         The name and version of the computation, recorded with each analysis.
         """
         return self.MODEL
+
+    @functools.cached_property
+    def analysis_version(self) -> str:
+        """
+        ``MODEL`` with a digest of the ``ConversationMetrics`` schema.
+        """
+        return analysis_version(self.MODEL, "", ConversationMetrics)
 
     def analyze(
         self, transcript: Sequence[Turn]

@@ -11,6 +11,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam, ParsedChatCompletion
 from pydantic import ValidationError
 
+from .._keys import analysis_version
 from .._models import AnalyzerOutput, TokenUsage, Turn
 from ..exceptions import AnalyzerError, InvalidInputError
 from .prompt import SYSTEM_PROMPT, render_transcript
@@ -83,6 +84,12 @@ class OpenAIAnalyzer:
         self._system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
         self._temperature = temperature
         self._max_completion_tokens = max_completion_tokens
+        self._analysis_version = analysis_version(
+            model,
+            self._system_prompt,
+            SalesCallAnalysis,
+            {"temperature": temperature},
+        )
 
     @property
     def output_model(self) -> type[SalesCallAnalysis]:
@@ -100,6 +107,15 @@ class OpenAIAnalyzer:
         dated snapshot such as ``gpt-4o-mini-2024-07-18``.
         """
         return self._model
+
+    @property
+    def analysis_version(self) -> str:
+        """
+        The requested model with a digest of the system prompt, the
+        temperature and the ``SalesCallAnalysis`` schema; changing any of
+        them makes analyses stored before the change stale.
+        """
+        return self._analysis_version
 
     @property
     def client(self) -> openai.OpenAI:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .._models import StoredAnalysis, TokenUsage
+from .._models import Lookup, StoredAnalysis, TokenUsage
 from ..exceptions import (
     CacheStoreError,
     SalesAICacheError,
@@ -22,16 +22,24 @@ from ..exceptions import (
 __all__ = [
     "ANALYSIS_COLUMNS",
     "ANALYSIS_TABLE",
+    "CLAIMS_TABLE",
+    "LOOKUP_FUNCTION",
     "MIGRATION_001",
+    "MIGRATION_002",
+    "SAVE_FUNCTION",
     "SESSIONS_TABLE",
     "SETUP_SQL",
     "parse_timestamp",
+    "row_to_lookup",
     "row_to_stored",
     "translate_error",
 ]
 
 ANALYSIS_TABLE = "salesai_analysis_results"
 SESSIONS_TABLE = "salesai_sessions"
+CLAIMS_TABLE = "salesai_analysis_claims"
+LOOKUP_FUNCTION = "salesai_lookup_analysis"
+SAVE_FUNCTION = "salesai_save_analysis"
 
 # Named explicitly rather than ``*`` so that a database missing one of them
 # fails with "column does not exist" instead of returning a row without it.
@@ -42,12 +50,25 @@ ANALYSIS_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "transcript_hash",
+    "analysis_version",
     "created_at",
     "updated_at",
 )
 
 SETUP_SQL = "sql/setup.sql"
 MIGRATION_001 = "sql/migrations/001_add_conversation_id_and_caching.sql"
+MIGRATION_002 = "sql/migrations/002_add_freshness_and_claims.sql"
+
+# Objects that migration 002 creates. An error that names one of them means
+# that this migration is missing, whichever older ones are applied.
+_MIGRATION_002_NAMES = (
+    CLAIMS_TABLE,
+    LOOKUP_FUNCTION,
+    SAVE_FUNCTION,
+    "transcript_hash",
+    "analysis_version",
+)
 
 _RELOAD_HINT = (
     "If you applied it just now, reload the PostgREST schema cache with "
@@ -104,12 +125,33 @@ def _count(value: object) -> int:
     return value
 
 
+def _optional_text(value: object, column: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"expected text or NULL in {column}, got {value!r}")
+
+
+def _optional_seconds(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number of seconds, got {value!r}")
+    return float(value)
+
+
+def _flag(value: object, column: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false in {column}, got {value!r}")
+    return value
+
+
 def row_to_stored(row: Mapping[str, Any]) -> StoredAnalysis:
     """
     Return one ``salesai_analysis_results`` row as a ``StoredAnalysis``.
 
     ``analysis`` is passed on as decoded; when it is not a JSON object the
-    cache's validation rejects it and the analysis is computed again.
+    cache's validation rejects it and the analysis is computed again. The
+    fingerprints and ``age_seconds`` are ``None`` when the row lacks them.
 
     Raises:
         CacheStoreError: the row lacks a column or a value has the wrong type.
@@ -126,6 +168,13 @@ def row_to_stored(row: Mapping[str, Any]) -> StoredAnalysis:
             ),
             created_at=parse_timestamp(row.get("created_at")),
             updated_at=parse_timestamp(row.get("updated_at")),
+            transcript_hash=_optional_text(
+                row.get("transcript_hash"), "transcript_hash"
+            ),
+            analysis_version=_optional_text(
+                row.get("analysis_version"), "analysis_version"
+            ),
+            age_seconds=_optional_seconds(row.get("age_seconds")),
         )
     except KeyError as error:
         raise CacheStoreError(
@@ -139,6 +188,34 @@ def row_to_stored(row: Mapping[str, Any]) -> StoredAnalysis:
         ) from error
 
 
+def row_to_lookup(row: Mapping[str, Any]) -> Lookup:
+    """
+    Return the row of ``salesai_lookup_analysis`` as a ``Lookup``.
+
+    The analysis columns are NULL when the session has no stored analysis.
+
+    Raises:
+        CacheStoreError: the row lacks a column or a value has the wrong type.
+    """
+    try:
+        stored = None if row["session_id"] is None else row_to_stored(row)
+        return Lookup(
+            stored=stored,
+            fresh=_flag(row["fresh"], "fresh"),
+            claimed=_flag(row["claimed"], "claimed"),
+            claim_expires_at=parse_timestamp(row["claim_expires_at"]),
+        )
+    except KeyError as error:
+        raise CacheStoreError(
+            f"the row of {LOOKUP_FUNCTION} has no column {error.args[0]!r}: "
+            f"apply {MIGRATION_002} again"
+        ) from error
+    except ValueError as error:
+        raise CacheStoreError(
+            f"the row of {LOOKUP_FUNCTION} has an invalid value: {error}"
+        ) from error
+
+
 def translate_error(
     code: str | None,
     server_message: str | None,
@@ -147,6 +224,7 @@ def translate_error(
     table: str,
     session_id: str | None = None,
     schema_cache: bool = False,
+    function: str | None = None,
 ) -> SalesAICacheError:
     """
     Return the library exception for a failed database call.
@@ -162,6 +240,9 @@ def translate_error(
             then becomes ``SessionNotFoundError``.
         schema_cache: the call went through PostgREST, whose schema cache can
             lag behind the database.
+        function: the SQL function the call ran, such as
+            ``salesai_lookup_analysis``; a missing function then means a
+            missing migration.
 
     Returns:
         The exception; the caller raises it ``from`` the original error.
@@ -172,17 +253,43 @@ def translate_error(
 
     if code == "23503" and session_id is not None:
         return SessionNotFoundError(session_id)
+    # Objects of migration 002 can be missing on a database that has every
+    # older object, so the advice names that migration rather than setup.sql.
+    names_002 = table == CLAIMS_TABLE or any(
+        name in (server_message or "") for name in _MIGRATION_002_NAMES
+    )
+    if code in {"42883", "PGRST202"} and function is not None:
+        return SchemaMismatchError(
+            f"{failed}: the function public.{function} does not exist or takes "
+            f"other arguments. Apply {MIGRATION_002} (it creates "
+            f"{LOOKUP_FUNCTION} and {SAVE_FUNCTION}).{reload_hint}{server_text}",
+            code=code,
+        )
+    if code in {"42P01", "PGRST205"} and names_002:
+        return SchemaMismatchError(
+            f"{failed}: table {CLAIMS_TABLE} does not exist. Apply {MIGRATION_002} "
+            f"(it creates the table).{reload_hint}{server_text}",
+            code=code,
+        )
     if code in {"42P01", "PGRST205"}:
         return SchemaMismatchError(
             f"{failed}: table {table} does not exist. Apply {SETUP_SQL} to create "
             f"the tables.{reload_hint}{server_text}",
             code=code,
         )
+    if code in {"42703", "PGRST204"} and names_002:
+        return SchemaMismatchError(
+            f"{failed}: a column of {table} does not exist. Apply {MIGRATION_002} "
+            f"(it adds {ANALYSIS_TABLE}.transcript_hash and analysis_version), "
+            f"after {MIGRATION_001} if that is not applied yet.{reload_hint}"
+            f"{server_text}",
+            code=code,
+        )
     if code in {"42703", "PGRST204"}:
         return SchemaMismatchError(
             f"{failed}: a column of {table} does not exist. Apply {MIGRATION_001} "
-            f"(it adds salesai_sessions.conversation_id) or compare the table "
-            f"with {SETUP_SQL}.{reload_hint}{server_text}",
+            f"(it adds salesai_sessions.conversation_id), then {MIGRATION_002}, "
+            f"or compare the table with {SETUP_SQL}.{reload_hint}{server_text}",
             code=code,
         )
     if code == "PGRST200":
@@ -199,12 +306,26 @@ def translate_error(
             f"{ANALYSIS_TABLE}_session_id_key).{reload_hint}{server_text}",
             code=code,
         )
+    if code == "42501" and function is not None:
+        return CacheStoreError(
+            f"{failed}: permission denied on {table} or public.{function}. "
+            f"{LOOKUP_FUNCTION} and {SAVE_FUNCTION} run with the caller's rights, "
+            "and sql/policies.sql and migration 002 let only the service role "
+            "take compute claims and write analyses, so run the cache on the "
+            f"server with the service-role key or a database role.{server_text}",
+            code=code,
+        )
     if code == "42501":
         return CacheStoreError(
             f"{failed}: permission denied on {table}. sql/policies.sql lets users "
             "read only their own sessions and analyses, and lets only the service "
             "role write analyses, so run the cache on the server with the "
             f"service-role key or a database role.{server_text}",
+            code=code,
+        )
+    if code == "22023" and function is not None:
+        return CacheStoreError(
+            f"{failed}: public.{function} rejected an argument.{server_text}",
             code=code,
         )
     if code in {"PGRST301", "PGRST302", "PGRST303", "401"}:

@@ -7,7 +7,9 @@ only this module imports it, and the package imports this module on first use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -16,12 +18,17 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from .._models import StoredAnalysis, TokenUsage
+from .._models import Lookup, StoredAnalysis, TokenUsage
 from ..exceptions import CacheStoreError, SessionNotFoundError
 from ._rows import (
     ANALYSIS_COLUMNS,
     ANALYSIS_TABLE,
+    CLAIMS_TABLE,
+    LOOKUP_FUNCTION,
+    MIGRATION_002,
+    SAVE_FUNCTION,
     SESSIONS_TABLE,
+    row_to_lookup,
     row_to_stored,
     translate_error,
 )
@@ -49,31 +56,48 @@ _FETCH_BY_CONVERSATION = sql.SQL(
 _FETCH_TRANSCRIPT = sql.SQL("select transcript from {sessions} where id = %s").format(
     sessions=_SESSIONS
 )
-# updated_at is also kept current by a trigger; setting it here keeps the
-# ordering of fetch_by_conversation right on databases without the trigger.
+_CLAIMS = sql.Identifier("public", CLAIMS_TABLE)
+# Named arguments, so that a function whose parameters were renamed fails as
+# undefined (42883) instead of receiving values in the wrong places.
+_LOOKUP = sql.SQL(
+    "select * from {function}(p_session_id => %s, p_transcript_hash => %s, "
+    "p_analysis_version => %s, p_claimant => %s, p_lease_seconds => %s, "
+    "p_force => %s)"
+).format(function=sql.Identifier("public", LOOKUP_FUNCTION))
 _SAVE = sql.SQL(
-    "insert into {analyses} (session_id, analysis, model, prompt_tokens, "
-    "completion_tokens, total_tokens) values (%s, %s, %s, %s, %s, %s) "
-    "on conflict (session_id) do update set analysis = excluded.analysis, "
-    "model = excluded.model, prompt_tokens = excluded.prompt_tokens, "
-    "completion_tokens = excluded.completion_tokens, "
-    "total_tokens = excluded.total_tokens, updated_at = now() "
-    "returning {columns}"
-).format(analyses=_ANALYSES, columns=_COLUMNS)
+    "select {columns} from {function}(p_session_id => %s, p_analysis => %s, "
+    "p_model => %s, p_prompt_tokens => %s, p_completion_tokens => %s, "
+    "p_total_tokens => %s, p_transcript_hash => %s, p_analysis_version => %s, "
+    "p_claimant => %s)"
+).format(columns=_COLUMNS, function=sql.Identifier("public", SAVE_FUNCTION))
+_RELEASE = sql.SQL(
+    "delete from {claims} where session_id = %s and claimant = %s"
+).format(claims=_CLAIMS)
+_FUNCTION_TABLES = f"{ANALYSIS_TABLE} and {CLAIMS_TABLE}"
 
 
 class PostgresStore:
     """
     Reads and writes analyses over a psycopg 3 connection.
 
-    Each operation runs in ``conn.transaction()``. On an autocommit connection,
-    or an idle one, it is a transaction of its own and commits. Inside a
+    Each operation is one statement. On an idle autocommit connection it runs
+    as it is (one round trip); otherwise it runs in ``conn.transaction()``:
+    on an idle connection, a transaction of its own that commits. Inside a
     transaction that the caller opened, it is a savepoint, so it commits only
     when the caller commits.
 
-    The connection's role must be able to read both tables and write
-    ``salesai_analysis_results``; row-level security does not apply to the
+    The connection's role must be able to read both tables, write
+    ``salesai_analysis_results`` and ``salesai_analysis_claims``, and execute
+    the functions of migration 002; row-level security does not apply to the
     table owner or to roles with BYPASSRLS.
+
+    Threads: one store, and its connection, may be shared by several threads.
+    psycopg 3 lets threads share a connection but not run transactions on it
+    at the same time, so the store holds a lock around each operation's
+    transaction and the threads take turns. A lookup that waits for another
+    worker's row lock therefore holds up every thread of this store. Under
+    load, give each thread or process its own connection and store, for
+    example from a ``psycopg_pool.ConnectionPool``.
 
     Args:
         conn: a psycopg 3 ``Connection`` (sync).
@@ -81,6 +105,7 @@ class PostgresStore:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
+        self._lock = threading.Lock()
 
     def fetch(self, session_id: str) -> StoredAnalysis | None:
         """
@@ -129,15 +154,69 @@ class PostgresStore:
             raise SessionNotFoundError(session_id)
         return row["transcript"]
 
+    def lookup(
+        self,
+        session_id: str,
+        transcript_hash: str,
+        analysis_version: str,
+        claimant: str,
+        lease_seconds: float,
+        *,
+        force: bool = False,
+    ) -> Lookup:
+        """
+        Return the stored analysis with its freshness, taking the compute
+        claim when it is not fresh (or ``force``): one call of
+        ``salesai_lookup_analysis``.
+
+        Raises:
+            SessionNotFoundError: a claim was attempted and no session has
+                this id.
+            SchemaMismatchError: migration 002 is not applied.
+        """
+        row = self._one(
+            _LOOKUP,
+            (
+                session_id,
+                transcript_hash,
+                analysis_version,
+                claimant,
+                float(lease_seconds),
+                force,
+            ),
+            action=f"looking up the analysis of session {session_id}",
+            table=_FUNCTION_TABLES,
+            session_id=session_id,
+            function=LOOKUP_FUNCTION,
+        )
+        if row is None:
+            raise CacheStoreError(
+                f"{LOOKUP_FUNCTION} returned no row for session {session_id}: "
+                f"apply {MIGRATION_002} again"
+            )
+        found = row_to_lookup(row)
+        logger.debug(
+            "Looked up session %s via psycopg: fresh=%s claimed=%s",
+            session_id,
+            found.fresh,
+            found.claimed,
+        )
+        return found
+
     def save(
         self,
         session_id: str,
         analysis: dict[str, Any],
         model: str,
         usage: TokenUsage,
+        *,
+        transcript_hash: str | None = None,
+        analysis_version: str | None = None,
+        claimant: str | None = None,
     ) -> StoredAnalysis:
         """
-        Upsert the analysis of a session and return the stored row.
+        Upsert the analysis of a session, release ``claimant``'s claim and
+        return the stored row: one call of ``salesai_save_analysis``.
 
         Raises:
             SessionNotFoundError: no session has this id.
@@ -151,10 +230,14 @@ class PostgresStore:
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.total_tokens,
+                transcript_hash,
+                analysis_version,
+                claimant,
             ),
             action=f"saving the analysis of session {session_id}",
-            table=ANALYSIS_TABLE,
+            table=_FUNCTION_TABLES,
             session_id=session_id,
+            function=SAVE_FUNCTION,
         )
         if row is None:
             # An RLS policy can let the insert through yet hide the row from
@@ -166,6 +249,54 @@ class PostgresStore:
         logger.debug("Saved the analysis of session %s via psycopg", session_id)
         return row_to_stored(row)
 
+    def release(self, session_id: str, claimant: str) -> None:
+        """
+        Delete ``claimant``'s claim on a session, if it still holds it.
+        """
+        self._rowcount(
+            _RELEASE,
+            (session_id, claimant),
+            action=f"releasing the claim on session {session_id}",
+            table=CLAIMS_TABLE,
+        )
+        logger.debug("Released the claim on session %s via psycopg", session_id)
+
+    def invalidate(
+        self,
+        session_id: str | None = None,
+        analysis_version: str | None = None,
+    ) -> int:
+        """
+        Delete the stored analyses that match every given filter and return
+        how many were deleted.
+
+        Raises:
+            ValueError: neither filter is given.
+        """
+        filters = {"session_id": session_id, "analysis_version": analysis_version}
+        given = {
+            column: value for column, value in filters.items() if value is not None
+        }
+        if not given:
+            raise ValueError(
+                "invalidate needs a session_id, an analysis_version or both: "
+                "deleting every analysis is not supported"
+            )
+        query = sql.SQL("delete from {analyses} where {conditions}").format(
+            analyses=_ANALYSES,
+            conditions=sql.SQL(" and ").join(
+                sql.SQL("{} = %s").format(sql.Identifier(column)) for column in given
+            ),
+        )
+        deleted = self._rowcount(
+            query,
+            tuple(given.values()),
+            action="invalidating stored analyses",
+            table=ANALYSIS_TABLE,
+        )
+        logger.debug("Invalidated %d analyses via psycopg", deleted)
+        return deleted
+
     def _one(
         self,
         query: sql.Composed,
@@ -174,16 +305,46 @@ class PostgresStore:
         action: str,
         table: str,
         session_id: str | None = None,
+        function: str | None = None,
     ) -> Mapping[str, Any] | None:
         def run() -> DictRow | None:
             with (
-                self._conn.transaction(),
+                self._lock,
+                self._transaction(),
                 self._conn.cursor(row_factory=dict_row) as cursor,
             ):
                 cursor.execute(query, params)
                 return cursor.fetchone()
 
-        return self._guard(run, action=action, table=table, session_id=session_id)
+        return self._guard(
+            run, action=action, table=table, session_id=session_id, function=function
+        )
+
+    def _rowcount(
+        self,
+        query: sql.Composed,
+        params: tuple[Any, ...],
+        *,
+        action: str,
+        table: str,
+    ) -> int:
+        def run() -> int:
+            with self._lock, self._transaction(), self._conn.cursor() as cursor:
+                cursor.execute(query, params)
+                return cursor.rowcount
+
+        return self._guard(run, action=action, table=table, session_id=None)
+
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """
+        Return ``conn.transaction()``, or nothing on an idle autocommit
+        connection: every operation is one statement, which then commits by
+        itself, and BEGIN and COMMIT would cost two more round trips.
+        """
+        idle = self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if self._conn.autocommit and idle:
+            return contextlib.nullcontext()
+        return self._conn.transaction()
 
     def _guard(
         self,
@@ -192,6 +353,7 @@ class PostgresStore:
         action: str,
         table: str,
         session_id: str | None,
+        function: str | None = None,
     ) -> _T:
         try:
             return call()
@@ -214,6 +376,7 @@ class PostgresStore:
                 action=action,
                 table=table,
                 session_id=session_id,
+                function=function,
             ) from error
 
 

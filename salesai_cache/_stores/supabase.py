@@ -9,15 +9,29 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
-from postgrest import APIError, APIResponse, SyncPostgrestClient, SyncRequestBuilder
+from postgrest import (
+    APIError,
+    APIResponse,
+    CountMethod,
+    ReturnMethod,
+    SyncPostgrestClient,
+    SyncRequestBuilder,
+    SyncRPCFilterRequestBuilder,
+    SyncSelectRequestBuilder,
+)
+from postgrest.base_request_builder import SingleAPIResponse
 from supabase import Client
 
-from .._models import StoredAnalysis, TokenUsage
+from .._models import Lookup, StoredAnalysis, TokenUsage
 from ..exceptions import CacheStoreError, SessionNotFoundError
 from ._rows import (
     ANALYSIS_COLUMNS,
     ANALYSIS_TABLE,
+    CLAIMS_TABLE,
+    LOOKUP_FUNCTION,
+    SAVE_FUNCTION,
     SESSIONS_TABLE,
+    row_to_lookup,
     row_to_stored,
     translate_error,
 )
@@ -32,6 +46,11 @@ _SELECT = ",".join(ANALYSIS_COLUMNS)
 # The inner join keeps only analyses whose session has the conversation id,
 # so the lookup is one request instead of one per session.
 _SELECT_BY_CONVERSATION = f"{_SELECT},{SESSIONS_TABLE}!inner(conversation_id)"
+_FUNCTION_TABLES = f"{ANALYSIS_TABLE} and {CLAIMS_TABLE}"
+# Built by value: with mypy's target of Python 3.10, which lacks
+# enum.StrEnum, the members of these enums type as plain str.
+_MINIMAL = ReturnMethod("minimal")
+_EXACT = CountMethod("exact")
 
 
 class SupabaseStore:
@@ -131,42 +150,96 @@ class SupabaseStore:
             raise SessionNotFoundError(session_id)
         return rows[0].get("transcript")
 
+    def lookup(
+        self,
+        session_id: str,
+        transcript_hash: str,
+        analysis_version: str,
+        claimant: str,
+        lease_seconds: float,
+        *,
+        force: bool = False,
+    ) -> Lookup:
+        """
+        Return the stored analysis with its freshness, taking the compute
+        claim when it is not fresh (or ``force``): one ``POST
+        /rpc/salesai_lookup_analysis``.
+
+        Raises:
+            SessionNotFoundError: a claim was attempted and no session has
+                this id.
+            SchemaMismatchError: migration 002 is not applied.
+        """
+        params = {
+            "p_session_id": session_id,
+            "p_transcript_hash": transcript_hash,
+            "p_analysis_version": analysis_version,
+            "p_claimant": claimant,
+            "p_lease_seconds": lease_seconds,
+            "p_force": force,
+        }
+        response = self._execute(
+            self._rpc(LOOKUP_FUNCTION, params).execute,
+            action=f"looking up the analysis of session {session_id}",
+            table=_FUNCTION_TABLES,
+            session_id=session_id,
+            function=LOOKUP_FUNCTION,
+        )
+        rows = _row_list(response)
+        if len(rows) != 1:
+            raise CacheStoreError(
+                f"{LOOKUP_FUNCTION} returned {len(rows)} rows for session "
+                f"{session_id} instead of one: apply "
+                "sql/migrations/002_add_freshness_and_claims.sql again"
+            )
+        found = row_to_lookup(rows[0])
+        logger.debug(
+            "Looked up session %s via PostgREST: fresh=%s claimed=%s",
+            session_id,
+            found.fresh,
+            found.claimed,
+        )
+        return found
+
     def save(
         self,
         session_id: str,
         analysis: dict[str, Any],
         model: str,
         usage: TokenUsage,
+        *,
+        transcript_hash: str | None = None,
+        analysis_version: str | None = None,
+        claimant: str | None = None,
     ) -> StoredAnalysis:
         """
-        Upsert the analysis of a session and return the stored row.
+        Upsert the analysis of a session, release ``claimant``'s claim and
+        return the stored row: one ``POST /rpc/salesai_save_analysis``.
 
         Raises:
             SessionNotFoundError: no session has this id.
         """
-        row = {
-            "session_id": session_id,
-            "analysis": analysis,
-            "model": model,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
+        params = {
+            "p_session_id": session_id,
+            "p_analysis": analysis,
+            "p_model": model,
+            "p_prompt_tokens": usage.prompt_tokens,
+            "p_completion_tokens": usage.completion_tokens,
+            "p_total_tokens": usage.total_tokens,
+            "p_transcript_hash": transcript_hash,
+            "p_analysis_version": analysis_version,
+            "p_claimant": claimant,
         }
-        request = (
-            self._table(ANALYSIS_TABLE)
-            .upsert(row, on_conflict="session_id")
-            .select(_SELECT)
-            .retry(False)
-        )
         response = self._execute(
-            request.execute,
+            self._rpc(SAVE_FUNCTION, params).execute,
             action=f"saving the analysis of session {session_id}",
-            table=ANALYSIS_TABLE,
+            table=_FUNCTION_TABLES,
             session_id=session_id,
+            function=SAVE_FUNCTION,
         )
         rows = _row_list(response)
         if not rows:
-            # PostgREST returns no row when an RLS policy lets the write
+            # The function returns no row when an RLS policy lets the write
             # through but hides the row from the same role's SELECT.
             raise CacheStoreError(
                 f"saving the analysis of session {session_id} returned no row: "
@@ -176,10 +249,74 @@ class SupabaseStore:
         logger.debug("Saved the analysis of session %s via PostgREST", session_id)
         return row_to_stored(rows[0])
 
+    def release(self, session_id: str, claimant: str) -> None:
+        """
+        Delete ``claimant``'s claim on a session, if it still holds it.
+        """
+        request = (
+            self._table(CLAIMS_TABLE)
+            .delete(returning=_MINIMAL)
+            .eq("session_id", session_id)
+            .eq("claimant", claimant)
+            .retry(False)
+        )
+        self._execute(
+            request.execute,
+            action=f"releasing the claim on session {session_id}",
+            table=CLAIMS_TABLE,
+        )
+        logger.debug("Released the claim on session %s via PostgREST", session_id)
+
+    def invalidate(
+        self,
+        session_id: str | None = None,
+        analysis_version: str | None = None,
+    ) -> int:
+        """
+        Delete the stored analyses that match every given filter and return
+        how many were deleted (PostgREST's exact count, without the rows).
+
+        Raises:
+            ValueError: neither filter is given.
+        """
+        if session_id is None and analysis_version is None:
+            raise ValueError(
+                "invalidate needs a session_id, an analysis_version or both: "
+                "deleting every analysis is not supported"
+            )
+        request: SyncSelectRequestBuilder = self._table(ANALYSIS_TABLE).delete(
+            count=_EXACT, returning=_MINIMAL
+        )
+        if session_id is not None:
+            request = request.eq("session_id", session_id)
+        if analysis_version is not None:
+            request = request.eq("analysis_version", analysis_version)
+        response: APIResponse = self._execute(
+            request.retry(False).execute,
+            action="invalidating stored analyses",
+            table=ANALYSIS_TABLE,
+        )
+        if response.count is None:
+            raise CacheStoreError(
+                "invalidating stored analyses returned no count: PostgREST sent "
+                "no Content-Range total for Prefer: count=exact"
+            )
+        logger.debug("Invalidated %d analyses via PostgREST", response.count)
+        return response.count
+
     def _table(self, name: str) -> SyncRequestBuilder:
         # Asked for on every call: supabase-py builds a new PostgREST client
         # with the new token when the user signs in or out.
         return self._client.table(name)
+
+    def _rpc(
+        self, function: str, params: dict[str, Any]
+    ) -> SyncRPCFilterRequestBuilder:
+        # postgrest-py retries only GET and HEAD, so a POST is not retried now.
+        # Turning retries off keeps it that way if postgrest-py's rules change.
+        builder: SyncRPCFilterRequestBuilder = self._client.rpc(function, params)
+        builder.retry(False)
+        return builder
 
     def _execute(
         self,
@@ -188,6 +325,7 @@ class SupabaseStore:
         action: str,
         table: str,
         session_id: str | None = None,
+        function: str | None = None,
     ) -> _T:
         try:
             return call()
@@ -200,6 +338,7 @@ class SupabaseStore:
                 table=table,
                 session_id=session_id,
                 schema_cache=True,
+                function=function,
             ) from error
         except httpx.HTTPError as error:
             # The message names the host only: the URL's query holds filter
@@ -220,7 +359,7 @@ def _has_request(error: httpx.HTTPError) -> bool:
     return True
 
 
-def _row_list(response: APIResponse) -> list[Mapping[str, Any]]:
+def _row_list(response: APIResponse | SingleAPIResponse) -> list[Mapping[str, Any]]:
     data = response.data
     rows: list[Mapping[str, Any]] = []
     if isinstance(data, list):
