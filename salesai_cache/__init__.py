@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._analyzers.metrics import ConversationMetrics, ConversationMetricsAnalyzer
 from ._analyzers.schemas import SalesCallAnalysis, SkillScores
-from ._cache import AnalysisCache
+from ._cache import AnalysisCache, BatchResult
 from ._models import (
     AnalysisResult,
     AnalyzerOutput,
@@ -22,6 +22,7 @@ from ._models import (
     Turn,
 )
 from ._protocols import AnalysisStore, Analyzer
+from ._stats import DEFAULT_PRICES, CacheStats, ModelPrice
 from ._transcripts import load_transcript_file, parse_transcript
 from ._version import __version__
 from .exceptions import (
@@ -46,13 +47,17 @@ __all__ = [
     "Analyzer",
     "AnalyzerError",
     "AnalyzerOutput",
+    "BatchResult",
+    "CacheStats",
     "CacheStatus",
     "CacheStoreError",
     "ClaimTimeoutError",
     "ConversationMetrics",
     "ConversationMetricsAnalyzer",
     "InvalidInputError",
+    "DEFAULT_PRICES",
     "Lookup",
+    "ModelPrice",
     "OpenAIAnalyzer",
     "PostgresStore",
     "SalesAICacheError",

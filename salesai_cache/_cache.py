@@ -11,7 +11,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -26,10 +27,11 @@ from ._models import (
 )
 from ._protocols import AnalysisStore, Analyzer
 from ._singleflight import SingleFlight
+from ._stats import CacheStats, ModelPrice, StatsRecorder
 from ._transcripts import TranscriptInput, parse_transcript
 from .exceptions import ClaimTimeoutError, InvalidInputError
 
-__all__ = ["AnalysisCache"]
+__all__ = ["AnalysisCache", "BatchResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class AnalysisCache(Generic[AnalysisT]):
             ``max_poll_interval``.
         max_poll_interval: the longest pause between two lookups, in seconds,
             which bounds how late a waiter sees a finished analysis.
+        prices: US dollar prices per model for the saved cost in
+            ``stats()``; ``DEFAULT_PRICES`` (estimates) when omitted.
 
     Raises:
         TypeError: ``client`` is none of the accepted types.
@@ -89,6 +93,7 @@ class AnalysisCache(Generic[AnalysisT]):
         wait_timeout: float | None = None,
         poll_interval: float = 0.02,
         max_poll_interval: float = 0.25,
+        prices: Mapping[str, ModelPrice] | None = None,
     ) -> None:
         for name, value in (
             ("lease_seconds", lease_seconds),
@@ -109,6 +114,7 @@ class AnalysisCache(Generic[AnalysisT]):
         self._poll_interval = poll_interval
         self._max_poll_interval = max(max_poll_interval, poll_interval)
         self._flights: SingleFlight[AnalysisResult[AnalysisT]] = SingleFlight()
+        self._stats = StatsRecorder(prices)
 
     @property
     def store(self) -> AnalysisStore:
@@ -160,6 +166,7 @@ class AnalysisCache(Generic[AnalysisT]):
             served = self._read(self._store.fetch(key), fingerprint)
             if served is not None:
                 self._log_found(served)
+                self._stats.record(served)
                 return served
 
         def obtain() -> AnalysisResult[AnalysisT]:
@@ -168,7 +175,10 @@ class AnalysisCache(Generic[AnalysisT]):
         flight = (key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
         if shared and result.status is CacheStatus.MISS:
-            return _with_status(result, CacheStatus.WAITED)
+            result = _with_status(result, CacheStatus.WAITED)
+        if result.status is not CacheStatus.MISS:
+            # The caller that computed counted its miss in _obtain.
+            self._stats.record(result)
         return result
 
     def refresh(
@@ -193,7 +203,10 @@ class AnalysisCache(Generic[AnalysisT]):
         flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
         if shared and result.status is CacheStatus.MISS:
-            return _with_status(result, CacheStatus.WAITED)
+            result = _with_status(result, CacheStatus.WAITED)
+        if result.status is not CacheStatus.MISS:
+            # The caller that computed counted its miss in _obtain.
+            self._stats.record(result)
         return result
 
     def invalidate(
@@ -273,6 +286,69 @@ class AnalysisCache(Generic[AnalysisT]):
             self._log_found(cached)
         return cached
 
+    def get_many(self, session_ids: Iterable[object]) -> BatchResult[AnalysisT]:
+        """
+        Return the stored analyses of many sessions without computing any,
+        for dashboards.
+
+        One query on PostgreSQL; on Supabase, as few requests as keep every
+        URL within 8 KB. Each analysis has status ``HIT`` when its analysis
+        version matches the analyzer, else ``STALE``; transcripts are not
+        compared.
+
+        Args:
+            session_ids: session ids (UUIDs or UUID strings), in the order the
+                caller wants them back; repeated ids count once.
+
+        Returns:
+            ``found`` maps each session with an analysis to it, in the order of
+            ``session_ids``; ``missing`` lists, in that order too, the sessions
+            without one (or with one that no longer validates against the
+            analyzer's output model).
+
+        Raises:
+            InvalidInputError: ``session_ids`` is a string, or an id is not a
+                UUID; raised before any request.
+            CacheStoreError: the database call failed.
+        """
+        if isinstance(session_ids, (str, bytes)):
+            raise InvalidInputError(
+                f"invalid session ids {session_ids!r}: expected a list of UUIDs, "
+                "not one string"
+            )
+        keys = list(dict.fromkeys(validate_session_id(item) for item in session_ids))
+        if not keys:
+            return BatchResult()
+        fetch_many = getattr(self._store, "fetch_many", None)
+        if callable(fetch_many):
+            rows: list[StoredAnalysis] = list(fetch_many(keys))
+        else:
+            # A custom store without fetch_many: one lookup per session.
+            rows = [row for row in map(self._store.fetch, keys) if row is not None]
+        by_id = {row.session_id: row for row in rows}
+        found: dict[str, AnalysisResult[AnalysisT]] = {}
+        missing: list[str] = []
+        for key in keys:
+            result = self._read(by_id.get(key), None)
+            if result is None:
+                missing.append(key)
+            else:
+                found[key] = result
+        logger.debug(
+            "Read %d of %d requested analyses from the database",
+            len(found),
+            len(keys),
+        )
+        return BatchResult(found=found, missing=missing)
+
+    def stats(self) -> CacheStats:
+        """
+        Return a snapshot of what this cache did since it was created: hits,
+        misses, stale recomputes, waits, and the tokens and estimated cost
+        that the calls answered without the model saved (see ``CacheStats``).
+        """
+        return self._stats.snapshot()
+
     def _turns(
         self, session_id: str, transcript: TranscriptInput | None
     ) -> tuple[Turn, ...]:
@@ -314,7 +390,11 @@ class AnalysisCache(Generic[AnalysisT]):
                 force=force_claim,
             )
             if lookup.claimed:
-                return self._compute(session_id, turns, fingerprint, claimant)
+                computed = self._compute(session_id, turns, fingerprint, claimant)
+                self._stats.record(
+                    computed, stale=not force and lookup.stored is not None
+                )
+                return computed
 
             stored = lookup.stored
             if lookup.fresh and stored is not None:
@@ -464,6 +544,29 @@ class AnalysisCache(Generic[AnalysisT]):
             logger.info(
                 "Found cached analysis in database for session %s", result.session_id
             )
+
+
+@dataclass(frozen=True)
+class BatchResult(Generic[AnalysisT]):
+    """
+    What ``AnalysisCache.get_many`` found.
+
+    ``found`` maps session ids (canonical lowercase UUID strings) to their
+    analyses in the order they were requested; ``missing`` lists the
+    requested sessions that have no usable analysis, in the same order.
+    """
+
+    found: dict[str, AnalysisResult[AnalysisT]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def get(self, session_id: object) -> AnalysisResult[AnalysisT] | None:
+        """
+        Return the analysis of one requested session, or ``None``.
+
+        Raises:
+            InvalidInputError: ``session_id`` is not a UUID.
+        """
+        return self.found.get(validate_session_id(session_id))
 
 
 def _new_claimant() -> str:

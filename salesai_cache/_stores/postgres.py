@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -49,6 +49,9 @@ _SESSIONS = sql.Identifier("public", SESSIONS_TABLE)
 _FETCH = sql.SQL("select {columns} from {analyses} where session_id = %s").format(
     columns=_COLUMNS, analyses=_ANALYSES
 )
+_FETCH_MANY = sql.SQL(
+    "select {columns} from {analyses} where session_id = any(%s::uuid[])"
+).format(columns=_COLUMNS, analyses=_ANALYSES)
 _FETCH_BY_CONVERSATION = sql.SQL(
     "select {columns} from {analyses} r join {sessions} s on s.id = r.session_id "
     "where s.conversation_id = %s order by r.updated_at desc limit 1"
@@ -123,6 +126,32 @@ class PostgresStore:
             session_id,
         )
         return row_to_stored(row) if row else None
+
+    def fetch_many(self, session_ids: Sequence[str]) -> list[StoredAnalysis]:
+        """
+        Return the stored analyses of the given sessions, in no particular
+        order, in one query; sessions without one are left out.
+        """
+
+        def run() -> list[DictRow]:
+            with (
+                self._lock,
+                self._transaction(),
+                self._conn.cursor(row_factory=dict_row) as cursor,
+            ):
+                cursor.execute(_FETCH_MANY, (list(session_ids),))
+                return cursor.fetchall()
+
+        rows = self._guard(
+            run,
+            action=f"reading the analyses of {len(session_ids)} sessions",
+            table=ANALYSIS_TABLE,
+            session_id=None,
+        )
+        logger.debug(
+            "Read %d analyses of %d sessions via psycopg", len(rows), len(session_ids)
+        )
+        return [row_to_stored(row) for row in rows]
 
     def fetch_by_conversation(self, conversation_id: str) -> StoredAnalysis | None:
         """

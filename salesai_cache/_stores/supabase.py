@@ -5,8 +5,9 @@ AnalysisStore over Supabase's REST API (PostgREST), through supabase-py.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from postgrest import (
@@ -50,6 +51,10 @@ _FUNCTION_TABLES = f"{ANALYSIS_TABLE} and {CLAIMS_TABLE}"
 # Built by value: with mypy's target of Python 3.10, which lacks
 # enum.StrEnum, the members of these enums type as plain str.
 _MINIMAL = ReturnMethod("minimal")
+# The longest request URL that get_many sends, in bytes once percent-encoded:
+# 8 KB is the default limit of common proxies and servers in front of
+# PostgREST (nginx's large_client_header_buffers, for one).
+MAX_URL_BYTES = 8192
 _EXACT = CountMethod("exact")
 
 
@@ -99,6 +104,76 @@ class SupabaseStore:
             "Read %d analysis rows of session %s via PostgREST", len(rows), session_id
         )
         return row_to_stored(rows[0]) if rows else None
+
+    def fetch_many(self, session_ids: Sequence[str]) -> list[StoredAnalysis]:
+        """
+        Return the stored analyses of the given sessions, in no particular
+        order; sessions without one are left out.
+
+        The ids go in ``session_id=in.(...)`` filters, split over as few GET
+        requests as keep each percent-encoded URL within ``MAX_URL_BYTES``.
+
+        Raises:
+            CacheStoreError: a request failed, or one id alone makes the URL
+                too long (the project URL is then very long).
+        """
+        stored: list[StoredAnalysis] = []
+        for chunk in self._chunks(session_ids):
+            request = (
+                self._table(ANALYSIS_TABLE)
+                .select(_SELECT)
+                .in_("session_id", chunk)
+                .retry(False)
+            )
+            response = self._execute(
+                request.execute,
+                action=f"reading the analyses of {len(chunk)} sessions",
+                table=ANALYSIS_TABLE,
+            )
+            stored.extend(row_to_stored(row) for row in _row_list(response))
+        logger.debug(
+            "Read %d analyses of %d sessions via PostgREST",
+            len(stored),
+            len(session_ids),
+        )
+        return stored
+
+    def _chunks(self, session_ids: Sequence[str]) -> Iterator[list[str]]:
+        """
+        Split ``session_ids`` into the longest runs whose request URL stays
+        within ``MAX_URL_BYTES``, measured on the URL that httpx would send.
+        """
+        pending = list(session_ids)
+        while pending:
+            chunk = [pending.pop(0)]
+            size = self._url_bytes(chunk)
+            if size > MAX_URL_BYTES:
+                raise CacheStoreError(
+                    f"reading the analysis of session {chunk[0]} would need a "
+                    f"URL longer than {MAX_URL_BYTES} bytes: shorten the project "
+                    "URL"
+                )
+            # Each further id adds an encoded comma and itself; the estimate
+            # is checked against the real URL below.
+            while pending:
+                step = len("%2C") + len(quote(pending[0], safe=""))
+                if size + step > MAX_URL_BYTES:
+                    break
+                size += step
+                chunk.append(pending.pop(0))
+            while len(chunk) > 1 and self._url_bytes(chunk) > MAX_URL_BYTES:
+                pending.insert(0, chunk.pop())
+            yield chunk
+
+    def _url_bytes(self, session_ids: list[str]) -> int:
+        config = (
+            self._table(ANALYSIS_TABLE)
+            .select(_SELECT)
+            .in_("session_id", session_ids)
+            .request
+        )
+        url = httpx.URL(str(config.path), params=config.params)
+        return len(str(url).encode("ascii"))
 
     def fetch_by_conversation(self, conversation_id: str) -> StoredAnalysis | None:
         """
