@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._stores.supabase import SupabaseStore
 
 __all__ = [
+    "DEFAULT_PRICES",
     "AnalysisCache",
     "AnalysisResult",
     "AnalysisStore",
@@ -55,7 +56,6 @@ __all__ = [
     "ConversationMetrics",
     "ConversationMetricsAnalyzer",
     "InvalidInputError",
-    "DEFAULT_PRICES",
     "Lookup",
     "ModelPrice",
     "OpenAIAnalyzer",
