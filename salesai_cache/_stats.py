@@ -65,9 +65,9 @@ class ModelPrice:
 PRICES_AS_OF = "2025-06"
 PRICES_SOURCE = "https://openai.com/api/pricing (standard tier, text tokens)"
 
-# Estimates: list prices of the standard tier as published at PRICES_SOURCE
-# in PRICES_AS_OF, without batch or cached-input discounts. Pass ``prices=``
-# to AnalysisCache (or --price to the CLI) with the prices of your contract.
+# Estimates: the standard-tier list prices of PRICES_SOURCE as recorded for
+# PRICES_AS_OF, not re-checked since, without batch or cached-input discounts.
+# Pass ``prices=`` to AnalysisCache with the prices of your contract.
 DEFAULT_PRICES: Mapping[str, ModelPrice] = {
     "gpt-4o-mini": ModelPrice(0.15, 0.60),
     "gpt-4o": ModelPrice(2.50, 10.00),

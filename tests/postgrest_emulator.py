@@ -71,8 +71,8 @@ RESULT_COLUMNS = frozenset(
     }
 )
 EMBED = f"{SESSIONS}!inner(conversation_id)"
-# The URL length that the proxy in front of PostgREST accepts (8 KB, as
-# nginx's default large_client_header_buffers); longer URLs get 414.
+# The URL length that the emulated proxy in front of PostgREST accepts, the
+# 8 KB that SupabaseStore.fetch_many keeps to; longer URLs get 414.
 MAX_URL_BYTES = 8192
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 

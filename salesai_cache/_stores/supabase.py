@@ -51,9 +51,9 @@ _FUNCTION_TABLES = f"{ANALYSIS_TABLE} and {CLAIMS_TABLE}"
 # Built by value: with mypy's target of Python 3.10, which lacks
 # enum.StrEnum, the members of these enums type as plain str.
 _MINIMAL = ReturnMethod("minimal")
-# The longest request URL that get_many sends, in bytes once percent-encoded:
-# 8 KB is the default limit of common proxies and servers in front of
-# PostgREST (nginx's large_client_header_buffers, for one).
+# The longest request URL that get_many sends, in bytes once percent-encoded.
+# 8 KB is the limit this library documents, chosen as a common request-line
+# limit of proxies in front of PostgREST (an estimate, not a PostgREST limit).
 MAX_URL_BYTES = 8192
 _EXACT = CountMethod("exact")
 
