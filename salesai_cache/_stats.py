@@ -62,19 +62,19 @@ class ModelPrice:
         ) / 1_000_000
 
 
-PRICES_AS_OF = "2025-06"
-PRICES_SOURCE = "https://openai.com/api/pricing (standard tier, text tokens)"
+PRICES_AS_OF = "2026-05"
+PRICES_SOURCE = (
+    "OpenAI's standard-tier text token prices, as quoted from "
+    "platform.openai.com/docs/pricing by aimodelcalc.pages.dev/guides/"
+    "openai-api-pricing.html"
+)
 
-# Estimates: the standard-tier list prices of PRICES_SOURCE as recorded for
-# PRICES_AS_OF, not re-checked since, without batch or cached-input discounts.
-# Pass ``prices=`` to AnalysisCache with the prices of your contract.
+# Estimates: list prices as quoted for PRICES_AS_OF, without batch or
+# cached-input discounts, for the models whose prices that page gives. Pass
+# ``prices=`` to AnalysisCache with the prices of your contract and models.
 DEFAULT_PRICES: Mapping[str, ModelPrice] = {
     "gpt-4o-mini": ModelPrice(0.15, 0.60),
     "gpt-4o": ModelPrice(2.50, 10.00),
-    "gpt-4.1-nano": ModelPrice(0.10, 0.40),
-    "gpt-4.1-mini": ModelPrice(0.40, 1.60),
-    "gpt-4.1": ModelPrice(2.00, 8.00),
-    "o4-mini": ModelPrice(1.10, 4.40),
 }
 
 
