@@ -22,12 +22,14 @@ from ._models import (
     Turn,
 )
 from ._protocols import AnalysisStore, Analyzer
+from ._retry import RetryPolicy
 from ._transcripts import load_transcript_file, parse_transcript
 from ._version import __version__
 from .exceptions import (
     AnalyzerError,
     CacheStoreError,
     ClaimTimeoutError,
+    ConfigurationError,
     InvalidInputError,
     SalesAICacheError,
     SchemaMismatchError,
@@ -49,12 +51,14 @@ __all__ = [
     "CacheStatus",
     "CacheStoreError",
     "ClaimTimeoutError",
+    "ConfigurationError",
     "ConversationMetrics",
     "ConversationMetricsAnalyzer",
     "InvalidInputError",
     "Lookup",
     "OpenAIAnalyzer",
     "PostgresStore",
+    "RetryPolicy",
     "SalesAICacheError",
     "SalesCallAnalysis",
     "SchemaMismatchError",

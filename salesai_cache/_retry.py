@@ -138,9 +138,11 @@ class WaitRetryAfter(wait_base):
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
-        self._backoff = tenacity.wait_exponential_jitter(
-            initial=policy.initial_wait, max=policy.max_wait, jitter=policy.jitter
-        )
+        # wait_exponential plus wait_random rather than wait_exponential_jitter,
+        # whose arguments differ between tenacity 8 and 9.
+        self._backoff = tenacity.wait_exponential(
+            multiplier=policy.initial_wait, max=policy.max_wait
+        ) + tenacity.wait_random(0, policy.jitter)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         outcome = retry_state.outcome
