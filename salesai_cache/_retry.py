@@ -1,7 +1,7 @@
 """
 Retry policy shared by the analyzers, the stores and the caches.
 
-A ``RetryPolicy`` says how often and how long to retry; ``tenacity_kwargs``
+A ``RetryPolicy`` sets how often and how long to retry; ``tenacity_kwargs``
 turns it into the arguments of ``tenacity.Retrying`` or
 ``tenacity.AsyncRetrying`` (add ``sleep`` for the async one). The
 classification functions decide what is worth retrying: a rate limit, a 5xx
@@ -39,8 +39,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# HTTP statuses worth another attempt: request timeout, conflict (OpenAI
-# uses it for a lock held by another request), rate limit, and server errors.
+# HTTP statuses worth another attempt: request timeout, conflict (the openai
+# SDK retries 409 as a lock timeout), rate limit, and server errors.
 _TRANSIENT_STATUSES = frozenset({408, 409, 429})
 # A 429 with this code means the account is out of credit: waiting does not
 # help, so it fails at once.
@@ -53,11 +53,12 @@ class RetryPolicy:
     How a failed call is retried: up to ``attempts`` calls in all, stopping
     before a wait would end later than ``deadline`` seconds after the first.
 
-    Between two attempts it waits what the server asked in ``retry-after-ms``
-    or ``Retry-After``, at most ``retry_after_cap`` seconds; without such a
-    header, an exponential backoff from ``initial_wait`` up to ``max_wait``
-    plus a random jitter of up to ``jitter`` seconds, so that many clients
-    failing together do not retry together.
+    Between two attempts it waits the time the server requested in
+    ``retry-after-ms`` or ``Retry-After``, at most ``retry_after_cap`` seconds.
+    Without such a header, it waits an exponential backoff from
+    ``initial_wait`` up to ``max_wait`` plus a random jitter of up to
+    ``jitter`` seconds, so that many clients failing together do not retry
+    together.
 
     Raises:
         InvalidInputError: ``attempts`` is below 1 or a duration is negative.
@@ -226,7 +227,7 @@ def is_transient(error: BaseException) -> bool:
 
 def retry_after_seconds(error: BaseException) -> float | None:
     """
-    Return the wait that the reply behind ``error`` asked for, in seconds.
+    Return the wait that the reply behind ``error`` requested, in seconds.
 
     Reads ``retry-after-ms`` (milliseconds, as OpenAI sends it), then
     ``Retry-After`` (seconds or an HTTP date) from the headers of

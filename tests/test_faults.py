@@ -242,7 +242,8 @@ def test_retry_gives_up_requests() -> None:
 
 def test_retry_gives_up_error() -> None:
     error = _raises(Script(*[_error(503)] * 4))
-    assert (error.status_code, error.retryable) == (503, True)
+    assert error.status_code == 503
+    assert error.retryable
 
 
 def test_retry_deadline_stops_before_long_wait() -> None:
@@ -267,7 +268,9 @@ def test_permanent_not_retried(status: int, code: str | None) -> None:
 )
 def test_permanent_error_attributes(status: int, code: str | None) -> None:
     error = _raises(Script(_error(status, code)))
-    assert (error.status_code, error.code, error.retryable) == (status, code, False)
+    assert error.status_code == status
+    assert error.code == code
+    assert not error.retryable
 
 
 def test_permanent_error_cause() -> None:
@@ -650,11 +653,9 @@ def test_next_request_still_failing_served(
 ) -> None:
     flaky.failures["save"] = 3
     result = cache.get_or_compute(session_id, TRANSCRIPT)
-    assert (result.status, analyzer.calls, cache.pending_writes) == (
-        CacheStatus.HIT,
-        1,
-        1,
-    )
+    assert result.status is CacheStatus.HIT
+    assert analyzer.calls == 1
+    assert cache.pending_writes == 1
 
 
 @pytest.mark.sql
@@ -703,7 +704,8 @@ def test_flush_pending_failing_keeps(
     unwritten: CacheStatus, cache: AnalysisCache[Verdict], flaky: FlakyStore
 ) -> None:
     flaky.failures["save"] = 3
-    assert (cache.flush_pending(), cache.pending_writes) == (0, 1)
+    assert cache.flush_pending() == 0
+    assert cache.pending_writes == 1
 
 
 @pytest.mark.sql
@@ -723,7 +725,8 @@ def test_pending_bounded(
     with caplog.at_level(logging.ERROR, logger="salesai_cache"):
         cache.get_or_compute(first, TRANSCRIPT)
         cache.get_or_compute(second, TRANSCRIPT)
-    assert (cache.pending_writes, first in caplog.text) == (1, True)
+    assert cache.pending_writes == 1
+    assert first in caplog.text
 
 
 # Rows hidden from the role in use
@@ -976,7 +979,8 @@ def test_supabase_permanent_not_retried(
     api: respx.MockRouter, status: int, body: dict[str, Any]
 ) -> None:
     error = _supabase_fetch_error(api, status, body)
-    assert (error.retryable, error.calls) == (False, 1)  # type: ignore[attr-defined]
+    assert not error.retryable
+    assert error.calls == 1  # type: ignore[attr-defined]
 
 
 @SUPABASE_WARNINGS[0]
@@ -1011,7 +1015,8 @@ def test_supabase_auth_failure(api: respx.MockRouter) -> None:
 @SUPABASE_WARNINGS[1]
 def test_supabase_5xx_retried(api: respx.MockRouter) -> None:
     error = _supabase_fetch_error(api, 500, {"code": "57P01", "message": "restart"})
-    assert (error.retryable, error.calls) == (True, 3)  # type: ignore[attr-defined]
+    assert error.retryable
+    assert error.calls == 3  # type: ignore[attr-defined]
 
 
 # PostgreSQL: permission errors name the role
@@ -1069,11 +1074,9 @@ def test_logs_hold_no_secrets(
         cache.get_or_compute(session, TRANSCRIPT)
         cache.get_or_compute(session, TRANSCRIPT)
     text = caplog.text
-    assert [API_KEY in text, SERVICE_ROLE_KEY in text, SECRET_PHRASE in text] == [
-        False,
-        False,
-        False,
-    ]
+    assert API_KEY not in text
+    assert SERVICE_ROLE_KEY not in text
+    assert SECRET_PHRASE not in text
 
 
 # Properties
