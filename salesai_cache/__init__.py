@@ -22,6 +22,7 @@ from ._models import (
     Turn,
 )
 from ._protocols import AnalysisStore, Analyzer
+from ._retry import RetryPolicy
 from ._stats import DEFAULT_PRICES, CacheStats, ModelPrice
 from ._transcripts import load_transcript_file, parse_transcript
 from ._version import __version__
@@ -29,6 +30,7 @@ from .exceptions import (
     AnalyzerError,
     CacheStoreError,
     ClaimTimeoutError,
+    ConfigurationError,
     InvalidInputError,
     SalesAICacheError,
     SchemaMismatchError,
@@ -53,6 +55,7 @@ __all__ = [
     "CacheStatus",
     "CacheStoreError",
     "ClaimTimeoutError",
+    "ConfigurationError",
     "ConversationMetrics",
     "ConversationMetricsAnalyzer",
     "InvalidInputError",
@@ -60,6 +63,7 @@ __all__ = [
     "ModelPrice",
     "OpenAIAnalyzer",
     "PostgresStore",
+    "RetryPolicy",
     "SalesAICacheError",
     "SalesCallAnalysis",
     "SchemaMismatchError",

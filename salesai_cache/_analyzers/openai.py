@@ -5,19 +5,23 @@ OpenAIAnalyzer: a sales-call analysis from an OpenAI model, as structured output
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Callable, Sequence
 
 import openai
+import tenacity
 from openai.types.chat import ChatCompletionMessageParam, ParsedChatCompletion
 from pydantic import ValidationError
 
 from .._keys import analysis_version
 from .._models import AnalyzerOutput, TokenUsage, Turn
+from .._retry import ANALYZER_RETRY, RetryPolicy, is_transient, is_transient_status
 from ..exceptions import AnalyzerError, InvalidInputError
 from .prompt import SYSTEM_PROMPT, render_transcript
 from .schemas import SalesCallAnalysis
 
-__all__ = ["DEFAULT_MODEL", "OpenAIAnalyzer"]
+__all__ = ["CHARS_PER_TOKEN", "DEFAULT_MODEL", "OpenAIAnalyzer"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +29,11 @@ DEFAULT_MODEL = "gpt-4o-mini"
 
 # Validation errors quoted in an AnalyzerError message; the rest are counted.
 _MAX_QUOTED_ERRORS = 3
+
+# The size check estimates tokens as characters / 4, OpenAI's rule of thumb
+# for English text; it avoids a tokenizer dependency and errs on both sides
+# for other languages, so the limit keeps a margin below the context window.
+CHARS_PER_TOKEN = 4
 
 
 class OpenAIAnalyzer:
@@ -35,11 +44,20 @@ class OpenAIAnalyzer:
     ``SalesCallAnalysis`` is sent in strict mode, and the reply is validated
     against the model again locally, including the score ranges.
 
-    Nothing is retried here; configure ``max_retries`` on the client, or wrap
-    the analyzer, to retry. Every failure raises ``AnalyzerError`` with the
-    original exception, if any, as ``__cause__``: an ``openai.APIStatusError``
-    (which has ``status_code`` and ``code``), an ``openai.APIConnectionError``,
-    an ``openai.LengthFinishReasonError``, an
+    Retries: a rate limit (429), a 5xx reply, a timeout or a lost connection
+    is retried by ``retry`` (tenacity), which waits what the ``retry-after-ms``
+    or ``Retry-After`` header asks, up to a cap, else backs off exponentially
+    with jitter, within a total deadline. The openai SDK's own retries are
+    turned off (``client.with_options(max_retries=0)``), so the two layers do
+    not multiply. 400, 401, 403, 404 and a 429 with code
+    ``insufficient_quota`` fail at once. A reply that does not validate, a
+    refusal, or a reply cut off by the length limit or the content filter is
+    requested again up to ``output_retries`` times; it is never returned.
+
+    Every failure raises ``AnalyzerError`` with ``status_code``, ``code``,
+    ``retryable`` and ``invalid_output``, and the original exception, if any,
+    as ``__cause__``: an ``openai.APIStatusError``, an
+    ``openai.APIConnectionError``, an ``openai.LengthFinishReasonError``, an
     ``openai.ContentFilterFinishReasonError`` or a pydantic ``ValidationError``.
 
     Args:
@@ -56,10 +74,21 @@ class OpenAIAnalyzer:
         max_completion_tokens: the maximum number of tokens in the reply
             (for reasoning models, including reasoning tokens), or ``None`` for
             no limit. A reply cut off at the limit raises ``AnalyzerError``.
+        max_transcript_tokens: the largest transcript accepted, in tokens
+            estimated as characters / ``CHARS_PER_TOKEN`` (an estimate, not
+            the model's tokenizer); a longer one raises ``InvalidInputError``
+            with its size and the limit, before any request. ``None`` turns
+            the check off. The default suits 128k-token models.
+        retry: how transient failures are retried; ``RetryPolicy(attempts=1)``
+            turns retries off.
+        output_retries: how many times an unusable reply is requested again.
+        sleep: what waits between retries; tests pass a recorder.
 
     Raises:
         AnalyzerError: ``client`` is omitted and ``openai.OpenAI()`` cannot be
             created, usually because ``OPENAI_API_KEY`` is not set.
+        InvalidInputError: ``max_transcript_tokens`` or ``output_retries`` is
+            out of range.
     """
 
     def __init__(
@@ -70,16 +99,41 @@ class OpenAIAnalyzer:
         system_prompt: str | None = None,
         temperature: float | None = 0.2,
         max_completion_tokens: int | None = 4096,
+        max_transcript_tokens: int | None = 100_000,
+        retry: RetryPolicy = ANALYZER_RETRY,
+        output_retries: int = 1,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if max_transcript_tokens is not None and not max_transcript_tokens > 0:
+            raise InvalidInputError(
+                f"invalid max_transcript_tokens {max_transcript_tokens!r}: "
+                "expected a positive number of tokens or None"
+            )
+        if not (isinstance(output_retries, int) and output_retries >= 0):
+            raise InvalidInputError(
+                f"invalid output_retries {output_retries!r}: expected an integer >= 0"
+            )
         if client is None:
             try:
-                client = openai.OpenAI()
+                client = openai.OpenAI(max_retries=0)
             except openai.OpenAIError as error:
                 raise AnalyzerError(
                     f"cannot create an OpenAI client: {error}. Set OPENAI_API_KEY "
                     "or pass client=openai.OpenAI(api_key=...)"
                 ) from error
+        if client.max_retries:
+            # The SDK would retry inside each of this analyzer's attempts.
+            warnings.warn(
+                f"the OpenAI client retries {client.max_retries} times; "
+                "OpenAIAnalyzer retries itself, so it sends with max_retries=0",
+                stacklevel=2,
+            )
+            client = client.with_options(max_retries=0)
         self._client = client
+        self._retry = retry
+        self._output_retries = output_retries
+        self._sleep = sleep
+        self._max_transcript_tokens = max_transcript_tokens
         self._model = model
         self._system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
         self._temperature = temperature
@@ -144,22 +198,60 @@ class OpenAIAnalyzer:
             token usage of the request.
 
         Raises:
-            InvalidInputError: the transcript has no turns.
-            AnalyzerError: the request failed, the model refused, the reply
-                was cut off or filtered, or it does not validate against
-                ``SalesCallAnalysis``.
+            InvalidInputError: the transcript has no turns, or its estimated
+                size exceeds ``max_transcript_tokens``.
+            AnalyzerError: the request failed after its retries, or every
+                reply was refused, cut off, filtered or did not validate
+                against ``SalesCallAnalysis``.
         """
         if not transcript:
             raise InvalidInputError("transcript is empty: expected at least one turn")
+        rendered = render_transcript(transcript)
+        limit = self._max_transcript_tokens
+        if limit is not None and len(rendered) > limit * CHARS_PER_TOKEN:
+            raise InvalidInputError(
+                f"transcript too long: {len(rendered)} characters, about "
+                f"{len(rendered) // CHARS_PER_TOKEN} tokens (estimated at "
+                f"{CHARS_PER_TOKEN} characters a token), exceeds "
+                f"max_transcript_tokens={limit}"
+            )
         messages: list[ChatCompletionMessageParam] = [
             {"role": "system", "content": self._system_prompt},
-            {"role": "user", "content": render_transcript(transcript)},
+            {"role": "user", "content": rendered},
         ]
-        logger.debug(
-            "Requesting a sales-call analysis from OpenAI model %s", self._model
+        # An unusable reply is asked for again without waiting; each of those
+        # attempts retries transient failures with backoff.
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self._output_retries + 1),
+            retry=tenacity.retry_if_exception(_invalid_output),
+            before_sleep=_log_invalid_output(self._model),
+            reraise=True,
+        ):
+            with attempt:
+                return self._output(self._send(messages))
+        raise AssertionError(
+            "unreachable: tenacity returns or raises"
+        )  # pragma: no cover
+
+    def _send(
+        self, messages: list[ChatCompletionMessageParam]
+    ) -> ParsedChatCompletion[SalesCallAnalysis]:
+        retrying = tenacity.Retrying(
+            sleep=self._sleep,
+            **self._retry.tenacity_kwargs(
+                is_transient, name=f"OpenAI request for model {self._model!r}"
+            ),
         )
-        completion = self._request(messages)
-        return self._output(completion)
+        for attempt in retrying:
+            with attempt:
+                logger.debug(
+                    "Requesting a sales-call analysis from OpenAI model %s",
+                    self._model,
+                )
+                return self._request(messages)
+        raise AssertionError(
+            "unreachable: tenacity returns or raises"
+        )  # pragma: no cover
 
     def _request(
         self, messages: list[ChatCompletionMessageParam]
@@ -178,36 +270,44 @@ class OpenAIAnalyzer:
                 else self._max_completion_tokens,
             )
         except openai.APIStatusError as error:
+            code = error.code if isinstance(error.code, str) else None
             raise AnalyzerError(
                 f"OpenAI request for model {model!r} failed with HTTP "
-                f"{error.status_code}{_describe_api_error(error)}"
+                f"{error.status_code}{_describe_api_error(error)}",
+                status_code=error.status_code,
+                code=code,
+                retryable=is_transient_status(error.status_code, code),
             ) from error
         except openai.APITimeoutError as error:
             raise AnalyzerError(
-                f"OpenAI request for model {model!r} timed out"
+                f"OpenAI request for model {model!r} timed out", retryable=True
             ) from error
         except openai.APIConnectionError as error:
             reason = error.__cause__ or error
             raise AnalyzerError(
                 f"OpenAI request for model {model!r} could not reach "
-                f"{self._client.base_url}: {type(reason).__name__}: {reason}"
+                f"{self._client.base_url}: {type(reason).__name__}: {reason}",
+                retryable=True,
             ) from error
         except openai.LengthFinishReasonError as error:
             limit = self._max_completion_tokens
             raise AnalyzerError(
                 f"OpenAI model {model!r} stopped at the length limit "
                 f"(max_completion_tokens={limit}) before finishing the analysis; "
-                "raise max_completion_tokens or shorten the transcript"
+                "raise max_completion_tokens or shorten the transcript",
+                invalid_output=True,
             ) from error
         except openai.ContentFilterFinishReasonError as error:
             raise AnalyzerError(
                 f"OpenAI model {model!r} stopped its reply because the content "
-                "filter flagged the conversation or the analysis"
+                "filter flagged the conversation or the analysis",
+                invalid_output=True,
             ) from error
         except ValidationError as error:
             raise AnalyzerError(
                 f"OpenAI model {model!r} returned an analysis that does not "
-                f"validate against SalesCallAnalysis: {_describe_invalid(error)}"
+                f"validate against SalesCallAnalysis: {_describe_invalid(error)}",
+                invalid_output=True,
             ) from error
         except openai.OpenAIError as error:
             raise AnalyzerError(
@@ -238,7 +338,9 @@ class OpenAIAnalyzer:
             usage.completion_tokens,
         )
         if not completion.choices:
-            raise AnalyzerError(f"OpenAI model {model!r} returned no choices")
+            raise AnalyzerError(
+                f"OpenAI model {model!r} returned no choices", invalid_output=True
+            )
         choice = completion.choices[0]
         message = choice.message
         if message.refusal:
@@ -246,14 +348,32 @@ class OpenAIAnalyzer:
             # so it stays out of the message, which applications log.
             raise AnalyzerError(
                 f"OpenAI model {model!r} refused to analyse the conversation "
-                f"(a refusal of {len(message.refusal)} characters)"
+                f"(a refusal of {len(message.refusal)} characters)",
+                invalid_output=True,
             )
         if message.parsed is None:
             raise AnalyzerError(
                 f"OpenAI model {model!r} returned no analysis "
-                f"(finish_reason={choice.finish_reason!r})"
+                f"(finish_reason={choice.finish_reason!r})",
+                invalid_output=True,
             )
         return AnalyzerOutput(analysis=message.parsed, model=model, usage=usage)
+
+
+def _invalid_output(error: BaseException) -> bool:
+    return isinstance(error, AnalyzerError) and error.invalid_output
+
+
+def _log_invalid_output(model: str) -> Callable[[tenacity.RetryCallState], None]:
+    def log(retry_state: tenacity.RetryCallState) -> None:
+        logger.warning(
+            "OpenAI model %s returned an unusable analysis (attempt %d); "
+            "requesting it again",
+            model,
+            retry_state.attempt_number,
+        )
+
+    return log
 
 
 def _usage(completion: ParsedChatCompletion[SalesCallAnalysis]) -> TokenUsage:

@@ -19,7 +19,8 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
-from ..exceptions import CacheStoreError, SessionNotFoundError
+from .._retry import is_transient_store_code
+from ..exceptions import CacheStoreError, ConfigurationError, SessionNotFoundError
 from ._rows import (
     ANALYSIS_COLUMNS,
     ANALYSIS_TABLE,
@@ -271,9 +272,12 @@ class PostgresStore:
         if row is None:
             # An RLS policy can let the insert through yet hide the row from
             # RETURNING's implicit select.
-            raise CacheStoreError(
+            raise ConfigurationError(
                 f"saving the analysis of session {session_id} returned no row: "
-                f"check the row-level security policies of {ANALYSIS_TABLE}"
+                f"role {self._role()} may write {ANALYSIS_TABLE} but not read it "
+                "back, so every view would compute again; check the row-level "
+                f"security policies of {ANALYSIS_TABLE}",
+                session_id=session_id,
             )
         logger.debug("Saved the analysis of session %s via psycopg", session_id)
         return row_to_stored(row)
@@ -375,6 +379,16 @@ class PostgresStore:
             return contextlib.nullcontext()
         return self._conn.transaction()
 
+    def _role(self) -> str:
+        # For error messages only; in a transaction of its own, so that a
+        # non-autocommit connection is not left inside an open transaction.
+        try:
+            with self._lock, self._transaction(), self._conn.cursor() as cursor:
+                row = cursor.execute("select current_user").fetchone()
+        except psycopg.Error:
+            return "unknown"
+        return str(row[0]) if row else "unknown"
+
     def _guard(
         self,
         call: Callable[[], _T],
@@ -395,6 +409,9 @@ class PostgresStore:
                 f"({type(error).__name__}: {_first_line(error)}); check that the "
                 "server is reachable, then retry with a new connection",
                 code=error.sqlstate,
+                # On a closed connection every retry fails the same way.
+                retryable=not self._conn.closed
+                and (error.sqlstate is None or is_transient_store_code(error.sqlstate)),
             ) from error
         except psycopg.Error as error:
             logger.debug("%s failed with SQLSTATE %s", action, error.sqlstate)
@@ -406,6 +423,7 @@ class PostgresStore:
                 table=table,
                 session_id=session_id,
                 function=function,
+                role=self._role() if error.sqlstate == "42501" else None,
             ) from error
 
 

@@ -4,6 +4,9 @@ AnalysisStore over Supabase's REST API (PostgREST), through supabase-py.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -24,7 +27,7 @@ from postgrest.base_request_builder import SingleAPIResponse
 from supabase import Client
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
-from ..exceptions import CacheStoreError, SessionNotFoundError
+from ..exceptions import CacheStoreError, ConfigurationError, SessionNotFoundError
 from ._rows import (
     ANALYSIS_COLUMNS,
     ANALYSIS_TABLE,
@@ -316,10 +319,12 @@ class SupabaseStore:
         if not rows:
             # The function returns no row when an RLS policy lets the write
             # through but hides the row from the same role's SELECT.
-            raise CacheStoreError(
+            raise ConfigurationError(
                 f"saving the analysis of session {session_id} returned no row: "
-                f"the role may write {ANALYSIS_TABLE} but not read it back; "
-                "check the select policy in sql/policies.sql"
+                f"role {self._role()} may write {ANALYSIS_TABLE} but not read "
+                "it back, so every view would compute again; check the select "
+                "policy in sql/policies.sql or use the service-role key",
+                session_id=session_id,
             )
         logger.debug("Saved the analysis of session %s via PostgREST", session_id)
         return row_to_stored(rows[0])
@@ -393,6 +398,19 @@ class SupabaseStore:
         builder.retry(False)
         return builder
 
+    def _role(self) -> str:
+        """
+        Return the ``role`` claim of the JWT that requests carry, for error
+        messages; the token itself is never shown.
+        """
+        headers = self._table(ANALYSIS_TABLE).headers
+        token = str(headers.get("authorization", "")).removeprefix("Bearer ")
+        return (
+            _jwt_role(token)
+            or _jwt_role(str(headers.get("apikey", "")))
+            or ("unknown (the key is not a JWT)")
+        )
+
     def _execute(
         self,
         call: Callable[[], _T],
@@ -414,6 +432,7 @@ class SupabaseStore:
                 session_id=session_id,
                 schema_cache=True,
                 function=function,
+                role=self._role() if error.code == "42501" else None,
             ) from error
         except httpx.HTTPError as error:
             # The message names the host only: the URL's query holds filter
@@ -422,8 +441,24 @@ class SupabaseStore:
             raise CacheStoreError(
                 f"{action} failed: could not reach {host} "
                 f"({type(error).__name__}); check the project URL and the network, "
-                "then retry"
+                "then retry",
+                # A timeout or a dropped connection may pass next time; an
+                # invalid URL or a refused TLS handshake will not either way.
+                retryable=isinstance(error, httpx.TransportError),
             ) from error
+
+
+def _jwt_role(token: str) -> str | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(payload)
+    except (binascii.Error, ValueError):
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None
 
 
 def _has_request(error: httpx.HTTPError) -> bool:
