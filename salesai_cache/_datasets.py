@@ -133,12 +133,18 @@ def load_transcript_folder(folder: Path) -> list[Conversation]:
     sorted by file name; the file stem is the conversation id.
 
     Raises:
-        FileNotFoundError: ``folder`` is not a directory.
+        FileNotFoundError: ``folder`` does not exist.
         InvalidInputError: a file is not a transcript; the message names it.
-        ValueError: the folder contains no transcript files.
+        ValueError: ``folder`` is a file, contains no transcript files, or
+            contains two with the same stem (``call.json`` and ``call.txt``).
     """
-    if not folder.is_dir():
+    if not folder.exists():
         raise FileNotFoundError(f"transcript folder {folder} not found")
+    if not folder.is_dir():
+        raise ValueError(
+            f"invalid transcript folder {folder}: it is a file; pass the folder "
+            "that contains the transcript files"
+        )
     files = sorted(
         path
         for path in folder.iterdir()
@@ -149,6 +155,14 @@ def load_transcript_folder(folder: Path) -> list[Conversation]:
             f"no transcripts in {folder}: expected .json files (a list of turns) "
             "or .txt files ('Speaker: text' lines)"
         )
+    stems: dict[str, Path] = {}
+    for path in files:
+        other = stems.setdefault(path.stem, path)
+        if other is not path:
+            raise ValueError(
+                f"transcripts {other.name} and {path.name} would share the "
+                f"conversation id {path.stem!r}: rename one of them"
+            )
     return [
         Conversation(
             conversation_id=path.stem,

@@ -121,7 +121,7 @@ def run_demo(args: argparse.Namespace, out: TextIO) -> int:
         conversations = conversations[:limit]
 
     print(
-        f"Analysing {len(conversations)} conversations with "
+        f"Analysing {_count(len(conversations), 'conversation')} with "
         f"{args.analyzer_name} ({args.analyzer_detail}) through the cache, twice.",
         file=out,
     )
@@ -210,8 +210,8 @@ def _summarise(result: AnalysisResult[Any]) -> str:
 def _summarise_metrics(metrics: ConversationMetrics) -> str:
     first = metrics.speakers[0]
     return (
-        f"{metrics.total_turns} turns, {first.speaker} talks "
-        f"{first.talk_ratio:.0%}, {metrics.question_count} questions"
+        f"{_count(metrics.total_turns, 'turn')}, {first.speaker} talks "
+        f"{first.talk_ratio:.0%}, {_count(metrics.question_count, 'question')}"
     )
 
 
@@ -250,8 +250,8 @@ def _print_summary(
     for number, duration in enumerate(durations, start=1):
         statuses = [row.statuses[number - 1] for row in rows]
         print(
-            f"Pass {number}: {statuses.count('hit')} hits, "
-            f"{statuses.count('miss')} misses in {duration:.2f} s",
+            f"Pass {number}: {_count(statuses.count('hit'), 'hit')}, "
+            f"{_count(statuses.count('miss'), 'miss', 'misses')} in {duration:.2f} s",
             file=out,
         )
     second_pass = [row.statuses[1] for row in rows]
@@ -259,3 +259,8 @@ def _print_summary(
         print("ERROR: the second pass was not all cache hits", file=out)
         return 1
     return 0
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    noun = singular if number == 1 else (plural or f"{singular}s")
+    return f"{number} {noun}"

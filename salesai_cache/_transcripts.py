@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,12 @@ __all__ = ["load_transcript_file", "parse_transcript", "transcript_to_json"]
 # ``role``/``content`` is the OpenAI chat message shape.
 _SPEAKER_KEYS = ("speaker", "role")
 _TEXT_KEYS = ("text", "content")
+
+# A time stamp that recording tools put before the speaker: 10:31, 00:01:05,
+# [10:32], (1:02:03.5), 9:05 PM, followed by white space.
+_TIMESTAMP = re.compile(
+    r"[\[(]?\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:\s?[AaPp][Mm])?[\])]?\s+"
+)
 
 TranscriptInput = str | bytes | Sequence[Turn | Mapping[str, Any]]
 
@@ -91,7 +98,7 @@ def _check_storable(text: str, index: int, field: str) -> None:
 
 def _parse_text(text: str) -> tuple[Turn, ...]:
     stripped = text.strip()
-    if stripped.startswith("["):
+    if stripped.startswith("[") and not _TIMESTAMP.match(stripped):
         try:
             data = json.loads(stripped)
         except json.JSONDecodeError as error:
@@ -118,14 +125,17 @@ def _parse_text(text: str) -> tuple[Turn, ...]:
 def _parse_lines(text: str) -> tuple[Turn, ...]:
     """
     Parse ``Speaker: text`` lines; a line without a speaker continues the turn.
+
+    A time stamp before the speaker, as in ``10:31 Rep: hello`` or
+    ``[00:01:05] Rep: hello``, is dropped.
     """
     turns: list[Turn] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        speaker, separator, said = line.partition(":")
-        if separator and _is_speaker(speaker, said):
-            turns.append(Turn(speaker=speaker.strip(), text=said.strip()))
+        labelled = _split_speaker(line)
+        if labelled is not None:
+            turns.append(Turn(speaker=labelled[0], text=labelled[1]))
         elif turns:
             previous = turns[-1]
             joined = f"{previous.text}\n{line.strip()}".strip()
@@ -136,6 +146,20 @@ def _parse_lines(text: str) -> tuple[Turn, ...]:
                 f"got a line of {len(line)} characters without a speaker"
             )
     return tuple(turns)
+
+
+def _split_speaker(line: str) -> tuple[str, str] | None:
+    """
+    Return the speaker and text of a ``Speaker: text`` line, else ``None``.
+    """
+    body = line.strip()
+    stamp = _TIMESTAMP.match(body)
+    candidates = [body] if stamp is None else [body[stamp.end() :], body]
+    for candidate in candidates:
+        label, separator, rest = candidate.partition(":")
+        if separator and _is_speaker(label, rest):
+            return label.strip(), rest.strip()
+    return None
 
 
 def _is_speaker(label: str, rest: str) -> bool:

@@ -110,3 +110,55 @@ def test_demo_invalid_limit(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert code == 2
     assert "invalid --limit 0" in capsys.readouterr().err
+
+
+def test_demo_duplicate_stems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "call.txt").write_text("Rep: Hello\n", encoding="utf-8")
+    (tmp_path / "call.json").write_text(
+        '[{"speaker": "Rep", "text": "Hi"}]', encoding="utf-8"
+    )
+
+    code = main(["demo", "--transcripts", str(tmp_path)])
+
+    assert code == 2
+    assert "would share the conversation id 'call'" in capsys.readouterr().err
+
+
+def test_demo_transcripts_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "call.txt"
+    path.write_text("Rep: Hello\n", encoding="utf-8")
+
+    code = main(["demo", "--transcripts", str(path)])
+
+    assert code == 2
+    assert "it is a file" in capsys.readouterr().err
+
+
+def test_demo_data_dir_not_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("not a database", encoding="utf-8")
+
+    code = main(["demo", "--limit", "1", "--data-dir", str(tmp_path)])
+
+    assert code == 2
+    assert "must be an empty folder" in capsys.readouterr().err
+
+
+def test_demo_openai_without_key(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--analyzer", "openai"])
+
+    assert code == 2
+    assert "OPENAI_API_KEY" in capsys.readouterr().err
+
+
+def test_demo_singular_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["demo", "--limit", "1"])
+
+    out = capsys.readouterr().out
+    assert "Analysing 1 conversation with" in out
+    assert "Pass 2: 1 hit, 0 misses" in out

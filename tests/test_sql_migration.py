@@ -337,3 +337,21 @@ def test_migration_gives_up_on_lock_timeout(
     assert schema_snapshot(legacy_db) == schema
     apply_sql(legacy_db, UP)
     assert _verify(legacy_db)["no_duplicate_analyses"] is True
+
+
+def test_002_needs_001(legacy_db: psycopg.Connection[Any]) -> None:
+    before = schema_snapshot(legacy_db)
+    with pytest.raises(errors.ObjectNotInPrerequisiteState) as info:
+        apply_sql(legacy_db, "migrations/002_add_freshness_and_claims")
+    assert "migration 001 is not applied" in str(info.value)
+    assert schema_snapshot(legacy_db) == before
+
+
+def test_001_rollback_needs_002_rollback(legacy_db: psycopg.Connection[Any]) -> None:
+    apply_sql(legacy_db, UP)
+    apply_sql(legacy_db, "migrations/002_add_freshness_and_claims")
+    before = schema_snapshot(legacy_db)
+    with pytest.raises(errors.ObjectNotInPrerequisiteState) as info:
+        apply_sql(legacy_db, DOWN)
+    assert "migration 002 is still applied" in str(info.value)
+    assert schema_snapshot(legacy_db) == before

@@ -206,3 +206,27 @@ def test_load_invalid_file_names_it(tmp_path: Path) -> None:
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_transcript_file(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Rep: hello\n10:31 Buyer: hi there?",
+        "[10:30] Rep: hello\n[10:31] Buyer: hi there?",
+        "00:00:01 Rep: hello\n00:00:05 Buyer: hi there?",
+        "9:05 PM Rep: hello\n9:06 PM Buyer: hi there?",
+    ],
+    ids=["plain", "bracketed", "seconds", "am-pm"],
+)
+def test_lines_time_stamps_dropped(text: str) -> None:
+    assert parse_transcript(text) == (
+        Turn(speaker="Rep", text="hello"),
+        Turn(speaker="Buyer", text="hi there?"),
+    )
+
+
+def test_lines_time_in_text_continues() -> None:
+    turns = parse_transcript("Rep: Shall we say 10:30?\n10:30 works for me too")
+    assert turns == (
+        Turn(speaker="Rep", text="Shall we say 10:30?\n10:30 works for me too"),
+    )

@@ -275,7 +275,8 @@ def translate_error(
         return SchemaMismatchError(
             f"{failed}: the function public.{function} does not exist or takes "
             f"other arguments. Apply {MIGRATION_002} (it creates "
-            f"{LOOKUP_FUNCTION} and {SAVE_FUNCTION}).{reload_hint}{server_text}",
+            f"{LOOKUP_FUNCTION} and {SAVE_FUNCTION}), after {MIGRATION_001} if "
+            f"that is not applied yet.{reload_hint}{server_text}",
             code=code,
         )
     if code in {"42P01", "PGRST205"} and names_002:

@@ -16,6 +16,8 @@
 -- Data lost: every conversation_id value. The duplicate analyses that 001
 --   deleted cannot come back from here, and timestamps that 001 filled in
 --   stay filled in.
+-- Order: roll back 002 first. While its claims table or save function
+--   exists, this file stops with SQLSTATE 55000 and changes nothing.
 -- Locks: ACCESS EXCLUSIVE on salesai_analysis_results, then on
 --   salesai_sessions, until commit, in the same order as 001 and with the
 --   same 5 s lock_timeout (SQLSTATE 55P03 when it expires; nothing changes).
@@ -31,6 +33,21 @@ set local lock_timeout = '5s';
 
 lock table public.salesai_analysis_results, public.salesai_sessions
   in access exclusive mode;
+
+-- Migration 002's functions upsert on the constraint dropped below, so they
+-- would fail on every save: roll 002 back first.
+do $$
+begin
+  if to_regclass('public.salesai_analysis_claims') is not null
+     or to_regprocedure('public.salesai_save_analysis(uuid, jsonb, text, '
+       'integer, integer, integer, text, text, text)') is not null then
+    raise exception 'migration 002 is still applied'
+      using errcode = '55000',
+        hint = 'Run migrations/002_add_freshness_and_claims_rollback.sql '
+          'first, then this file.';
+  end if;
+end
+$$;
 
 -- 1.
 comment on table public.salesai_analysis_results is

@@ -6,7 +6,8 @@
 --   expires, after which another worker takes it over.
 -- Needs: migration 001 (the functions upsert on
 --   salesai_analysis_results_session_id_key) and Supabase's roles anon,
---   authenticated and service_role.
+--   authenticated and service_role. Without 001 it stops at once with
+--   SQLSTATE 55000 and changes nothing.
 -- Objects touched, in this order:
 --   1. public.salesai_analysis_results: adds the nullable columns
 --      transcript_hash (SHA-256 of the normalised transcript) and
@@ -69,6 +70,25 @@ set local lock_timeout = '5s';
 
 lock table public.salesai_analysis_results in access exclusive mode;
 lock table public.salesai_sessions in share row exclusive mode;
+
+-- The save function upserts on the unique constraint that migration 001
+-- adds; without it every save would fail after a paid analysis.
+do $$
+begin
+  if not exists (
+    select
+    from pg_catalog.pg_constraint
+    where conrelid = 'public.salesai_analysis_results'::regclass
+      and conname = 'salesai_analysis_results_session_id_key'
+  ) then
+    raise exception 'migration 001 is not applied: the constraint '
+      'salesai_analysis_results_session_id_key is missing'
+      using errcode = '55000',
+        hint = 'Apply migrations/001_add_conversation_id_and_caching.sql first, '
+          'then this file.';
+  end if;
+end
+$$;
 
 -- 1. Nullable: rows stored before this migration keep NULL and count as stale.
 alter table public.salesai_analysis_results
