@@ -4,18 +4,27 @@ AnalysisCache: get-or-compute of conversation analyses over a database.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from ._core import (
+    _new_claimant,
+    _stored_within,
+    _with_status,
+    build_miss,
+    check_conversation_id,
+    check_durations,
+    check_invalidate,
+    client_kind,
+    log_found,
+    parse_stored_transcript,
+    read_stored,
+    validate_stored,
+)
 from ._keys import transcript_hash
 from ._models import (
     AnalysisResult,
@@ -27,7 +36,7 @@ from ._models import (
 from ._protocols import AnalysisStore, Analyzer
 from ._singleflight import SingleFlight
 from ._transcripts import TranscriptInput, parse_transcript
-from .exceptions import ClaimTimeoutError, InvalidInputError
+from .exceptions import ClaimTimeoutError
 
 __all__ = ["AnalysisCache"]
 
@@ -90,16 +99,12 @@ class AnalysisCache(Generic[AnalysisT]):
         poll_interval: float = 0.02,
         max_poll_interval: float = 0.25,
     ) -> None:
-        for name, value in (
-            ("lease_seconds", lease_seconds),
-            ("wait_timeout", wait_timeout),
-            ("poll_interval", poll_interval),
-            ("max_poll_interval", max_poll_interval),
-        ):
-            if value is not None and not value > 0:
-                raise InvalidInputError(
-                    f"invalid {name} {value!r}: expected a positive number of seconds"
-                )
+        check_durations(
+            lease_seconds=lease_seconds,
+            wait_timeout=wait_timeout,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+        )
         self._store = _make_store(client)
         self._analyzer = analyzer
         self._lease_seconds = lease_seconds
@@ -214,11 +219,7 @@ class AnalysisCache(Generic[AnalysisT]):
             InvalidInputError: neither filter is given, or the session id is
                 invalid.
         """
-        if session_id is None and analysis_version is None:
-            raise InvalidInputError(
-                "invalidate needs a session_id, an analysis_version or both; "
-                "to delete every analysis, truncate salesai_analysis_results"
-            )
+        check_invalidate(session_id, analysis_version)
         key = None if session_id is None else validate_session_id(session_id)
         deleted = self._store.invalidate(key, analysis_version)
         logger.info(
@@ -263,11 +264,7 @@ class AnalysisCache(Generic[AnalysisT]):
         Raises:
             InvalidInputError: ``conversation_id`` is not a non-empty string.
         """
-        if not isinstance(conversation_id, str) or not conversation_id:
-            raise InvalidInputError(
-                f"invalid conversation id {conversation_id!r}: expected a "
-                "non-empty string"
-            )
+        check_conversation_id(conversation_id)
         cached = self._read(self._store.fetch_by_conversation(conversation_id), None)
         if cached is not None:
             self._log_found(cached)
@@ -279,12 +276,7 @@ class AnalysisCache(Generic[AnalysisT]):
         if transcript is not None:
             return parse_transcript(transcript)
         raw = self._store.fetch_transcript(session_id)
-        try:
-            return parse_transcript(raw)
-        except InvalidInputError as error:
-            raise InvalidInputError(
-                f"transcript stored for session {session_id} is invalid: {error}"
-            ) from None
+        return parse_stored_transcript(session_id, raw)
 
     def _obtain(
         self,
@@ -381,17 +373,7 @@ class AnalysisCache(Generic[AnalysisT]):
         except BaseException:
             self._release_quietly(session_id, claimant)
             raise
-        return AnalysisResult(
-            session_id=session_id,
-            analysis=output.analysis,
-            model=output.model,
-            usage=output.usage,
-            status=CacheStatus.MISS,
-            created_at=stored.created_at,
-            age_seconds=0.0,
-            transcript_hash=fingerprint,
-            analysis_version=version,
-        )
+        return build_miss(session_id, output, stored, fingerprint, version)
 
     def _release_quietly(self, session_id: str, claimant: str) -> None:
         try:
@@ -411,115 +393,39 @@ class AnalysisCache(Generic[AnalysisT]):
         Turn a fetched row into a result, ``STALE`` unless its version (and
         its transcript hash, when ``fingerprint`` is given) match.
         """
-        if stored is None:
-            return None
-        fresh = stored.analysis_version == self._analyzer.analysis_version and (
-            fingerprint is None or stored.transcript_hash == fingerprint
+        return read_stored(
+            stored,
+            fingerprint,
+            self._analyzer.output_model,
+            self._analyzer.analysis_version,
+            logger,
         )
-        return self._validate(stored, CacheStatus.HIT if fresh else CacheStatus.STALE)
 
     def _validate(
         self, stored: StoredAnalysis, status: CacheStatus
     ) -> AnalysisResult[AnalysisT] | None:
-        try:
-            analysis = self._analyzer.output_model.model_validate(stored.analysis)
-        except ValidationError as error:
-            logger.debug(
-                "Ignoring the stored analysis of session %s: it does not "
-                "validate against %s (%d errors)",
-                stored.session_id,
-                self._analyzer.output_model.__name__,
-                error.error_count(),
-            )
-            return None
-        return AnalysisResult(
-            session_id=stored.session_id,
-            analysis=analysis,
-            model=stored.model,
-            usage=stored.usage,
-            status=status,
-            created_at=stored.created_at,
-            age_seconds=_age_seconds(stored),
-            transcript_hash=stored.transcript_hash,
-            analysis_version=stored.analysis_version,
-        )
+        return validate_stored(stored, status, self._analyzer.output_model, logger)
 
     def _log_found(
         self, result: AnalysisResult[AnalysisT], *, waited: float | None = None
     ) -> None:
-        if result.status is CacheStatus.STALE:
-            logger.info(
-                "Found cached analysis in database for session %s, stale "
-                "(made from another transcript or analysis version)",
-                result.session_id,
-            )
-        elif waited is not None:
-            logger.info(
-                "Found cached analysis in database for session %s after "
-                "waiting %.2f s for another worker",
-                result.session_id,
-                waited,
-            )
-        else:
-            logger.info(
-                "Found cached analysis in database for session %s", result.session_id
-            )
-
-
-def _new_claimant() -> str:
-    """
-    Return a claimant id that names this host and process, for operators
-    reading ``salesai_analysis_claims``, and is unique per call.
-    """
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def _stored_within(stored: StoredAnalysis, seconds: float) -> bool:
-    return stored.age_seconds is not None and stored.age_seconds <= seconds
-
-
-def _age_seconds(stored: StoredAnalysis) -> float:
-    if stored.age_seconds is not None:
-        return max(stored.age_seconds, 0.0)
-    if stored.updated_at is None:
-        return 0.0
-
-    age = dt.datetime.now(dt.UTC) - stored.updated_at
-    return max(age.total_seconds(), 0.0)
-
-
-def _with_status(
-    result: AnalysisResult[AnalysisT], status: CacheStatus
-) -> AnalysisResult[AnalysisT]:
-
-    return dataclasses.replace(result, status=status)
+        log_found(logger, result, waited=waited)
 
 
 def _make_store(client: Any) -> AnalysisStore:
     """
     Wrap a client in the store for its library, importing that library lazily.
     """
-    module = type(client).__module__
-    if module.startswith(("supabase", "postgrest")):
+    kind = client_kind(client)
+    if kind == "supabase":
         from ._stores.supabase import SupabaseStore
 
         return SupabaseStore(client)
-    if module.startswith("psycopg"):
+    if kind == "psycopg":
         from ._stores.postgres import PostgresStore
 
         return PostgresStore(client)
-    if all(
-        callable(getattr(client, name, None))
-        for name in (
-            "fetch",
-            "fetch_by_conversation",
-            "fetch_transcript",
-            "lookup",
-            "save",
-            "release",
-            "invalidate",
-        )
-    ):
+    if kind == "store":
         store: AnalysisStore = client
         return store
     raise TypeError(
