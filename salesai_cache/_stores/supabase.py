@@ -23,7 +23,7 @@ from postgrest.base_request_builder import SingleAPIResponse
 from supabase import Client
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
-from ..exceptions import CacheStoreError, SessionNotFoundError
+from ..exceptions import CacheStoreError, SalesAICacheError, SessionNotFoundError
 from ._rows import (
     ANALYSIS_COLUMNS,
     ANALYSIS_TABLE,
@@ -170,14 +170,14 @@ class SupabaseStore:
                 this id.
             SchemaMismatchError: migration 002 is not applied.
         """
-        params = {
-            "p_session_id": session_id,
-            "p_transcript_hash": transcript_hash,
-            "p_analysis_version": analysis_version,
-            "p_claimant": claimant,
-            "p_lease_seconds": lease_seconds,
-            "p_force": force,
-        }
+        params = _lookup_params(
+            session_id,
+            transcript_hash,
+            analysis_version,
+            claimant,
+            lease_seconds,
+            force,
+        )
         response = self._execute(
             self._rpc(LOOKUP_FUNCTION, params).execute,
             action=f"looking up the analysis of session {session_id}",
@@ -185,21 +185,7 @@ class SupabaseStore:
             session_id=session_id,
             function=LOOKUP_FUNCTION,
         )
-        rows = _row_list(response)
-        if len(rows) != 1:
-            raise CacheStoreError(
-                f"{LOOKUP_FUNCTION} returned {len(rows)} rows for session "
-                f"{session_id} instead of one: apply "
-                "sql/migrations/002_add_freshness_and_claims.sql again"
-            )
-        found = row_to_lookup(rows[0])
-        logger.debug(
-            "Looked up session %s via PostgREST: fresh=%s claimed=%s",
-            session_id,
-            found.fresh,
-            found.claimed,
-        )
-        return found
+        return _looked_up(response, session_id)
 
     def save(
         self,
@@ -219,17 +205,15 @@ class SupabaseStore:
         Raises:
             SessionNotFoundError: no session has this id.
         """
-        params = {
-            "p_session_id": session_id,
-            "p_analysis": analysis,
-            "p_model": model,
-            "p_prompt_tokens": usage.prompt_tokens,
-            "p_completion_tokens": usage.completion_tokens,
-            "p_total_tokens": usage.total_tokens,
-            "p_transcript_hash": transcript_hash,
-            "p_analysis_version": analysis_version,
-            "p_claimant": claimant,
-        }
+        params = _save_params(
+            session_id,
+            analysis,
+            model,
+            usage,
+            transcript_hash,
+            analysis_version,
+            claimant,
+        )
         response = self._execute(
             self._rpc(SAVE_FUNCTION, params).execute,
             action=f"saving the analysis of session {session_id}",
@@ -237,17 +221,7 @@ class SupabaseStore:
             session_id=session_id,
             function=SAVE_FUNCTION,
         )
-        rows = _row_list(response)
-        if not rows:
-            # The function returns no row when an RLS policy lets the write
-            # through but hides the row from the same role's SELECT.
-            raise CacheStoreError(
-                f"saving the analysis of session {session_id} returned no row: "
-                f"the role may write {ANALYSIS_TABLE} but not read it back; "
-                "check the select policy in sql/policies.sql"
-            )
-        logger.debug("Saved the analysis of session %s via PostgREST", session_id)
-        return row_to_stored(rows[0])
+        return _saved(response, session_id)
 
     def release(self, session_id: str, claimant: str) -> None:
         """
@@ -279,11 +253,7 @@ class SupabaseStore:
         Raises:
             ValueError: neither filter is given.
         """
-        if session_id is None and analysis_version is None:
-            raise ValueError(
-                "invalidate needs a session_id, an analysis_version or both: "
-                "deleting every analysis is not supported"
-            )
+        _check_filters(session_id, analysis_version)
         request: SyncSelectRequestBuilder = self._table(ANALYSIS_TABLE).delete(
             count=_EXACT, returning=_MINIMAL
         )
@@ -296,13 +266,7 @@ class SupabaseStore:
             action="invalidating stored analyses",
             table=ANALYSIS_TABLE,
         )
-        if response.count is None:
-            raise CacheStoreError(
-                "invalidating stored analyses returned no count: PostgREST sent "
-                "no Content-Range total for Prefer: count=exact"
-            )
-        logger.debug("Invalidated %d analyses via PostgREST", response.count)
-        return response.count
+        return _deleted(response)
 
     def _table(self, name: str) -> SyncRequestBuilder:
         # Asked for on every call: supabase-py builds a new PostgREST client
@@ -329,26 +293,136 @@ class SupabaseStore:
     ) -> _T:
         try:
             return call()
-        except APIError as error:
-            logger.debug("%s failed with PostgREST code %s", action, error.code)
-            raise translate_error(
-                error.code,
-                error.message,
+        except (APIError, httpx.HTTPError) as error:
+            raise _request_error(
+                error,
                 action=action,
                 table=table,
                 session_id=session_id,
-                schema_cache=True,
                 function=function,
             ) from error
-        except httpx.HTTPError as error:
-            # The message names the host only: the URL's query holds filter
-            # values and the headers hold the API key.
-            host = error.request.url.host if _has_request(error) else "Supabase"
-            raise CacheStoreError(
-                f"{action} failed: could not reach {host} "
-                f"({type(error).__name__}); check the project URL and the network, "
-                "then retry"
-            ) from error
+
+
+def _request_error(
+    error: APIError | httpx.HTTPError,
+    *,
+    action: str,
+    table: str,
+    session_id: str | None,
+    function: str | None,
+) -> SalesAICacheError:
+    """
+    Return the library exception for a failed PostgREST request.
+    """
+    if isinstance(error, APIError):
+        logger.debug("%s failed with PostgREST code %s", action, error.code)
+        return translate_error(
+            error.code,
+            error.message,
+            action=action,
+            table=table,
+            session_id=session_id,
+            schema_cache=True,
+            function=function,
+        )
+    # The message names the host only: the URL's query holds filter values
+    # and the headers hold the API key.
+    host = error.request.url.host if _has_request(error) else "Supabase"
+    return CacheStoreError(
+        f"{action} failed: could not reach {host} "
+        f"({type(error).__name__}); check the project URL and the network, "
+        "then retry"
+    )
+
+
+def _lookup_params(
+    session_id: str,
+    transcript_hash: str,
+    analysis_version: str,
+    claimant: str,
+    lease_seconds: float,
+    force: bool,
+) -> dict[str, Any]:
+    return {
+        "p_session_id": session_id,
+        "p_transcript_hash": transcript_hash,
+        "p_analysis_version": analysis_version,
+        "p_claimant": claimant,
+        "p_lease_seconds": lease_seconds,
+        "p_force": force,
+    }
+
+
+def _save_params(
+    session_id: str,
+    analysis: dict[str, Any],
+    model: str,
+    usage: TokenUsage,
+    transcript_hash: str | None,
+    analysis_version: str | None,
+    claimant: str | None,
+) -> dict[str, Any]:
+    return {
+        "p_session_id": session_id,
+        "p_analysis": analysis,
+        "p_model": model,
+        "p_prompt_tokens": usage.prompt_tokens,
+        "p_completion_tokens": usage.completion_tokens,
+        "p_total_tokens": usage.total_tokens,
+        "p_transcript_hash": transcript_hash,
+        "p_analysis_version": analysis_version,
+        "p_claimant": claimant,
+    }
+
+
+def _looked_up(response: APIResponse, session_id: str) -> Lookup:
+    rows = _row_list(response)
+    if len(rows) != 1:
+        raise CacheStoreError(
+            f"{LOOKUP_FUNCTION} returned {len(rows)} rows for session "
+            f"{session_id} instead of one: apply "
+            "sql/migrations/002_add_freshness_and_claims.sql again"
+        )
+    found = row_to_lookup(rows[0])
+    logger.debug(
+        "Looked up session %s via PostgREST: fresh=%s claimed=%s",
+        session_id,
+        found.fresh,
+        found.claimed,
+    )
+    return found
+
+
+def _saved(response: APIResponse, session_id: str) -> StoredAnalysis:
+    rows = _row_list(response)
+    if not rows:
+        # The function returns no row when an RLS policy lets the write
+        # through but hides the row from the same role's SELECT.
+        raise CacheStoreError(
+            f"saving the analysis of session {session_id} returned no row: "
+            f"the role may write {ANALYSIS_TABLE} but not read it back; "
+            "check the select policy in sql/policies.sql"
+        )
+    logger.debug("Saved the analysis of session %s via PostgREST", session_id)
+    return row_to_stored(rows[0])
+
+
+def _check_filters(session_id: str | None, analysis_version: str | None) -> None:
+    if session_id is None and analysis_version is None:
+        raise ValueError(
+            "invalidate needs a session_id, an analysis_version or both: "
+            "deleting every analysis is not supported"
+        )
+
+
+def _deleted(response: APIResponse) -> int:
+    if response.count is None:
+        raise CacheStoreError(
+            "invalidating stored analyses returned no count: PostgREST sent "
+            "no Content-Range total for Prefer: count=exact"
+        )
+    logger.debug("Invalidated %d analyses via PostgREST", response.count)
+    return response.count
 
 
 def _has_request(error: httpx.HTTPError) -> bool:
