@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -297,13 +298,22 @@ def test_sync_analyzer_in_thread(database_url: str, session_id: str) -> None:
 # Closing
 
 
-def backend_connections(db: psycopg.Connection[Any]) -> int:
-    row = db.execute(
-        "select count(*) from pg_stat_activity "
-        "where datname = current_database() and pid <> pg_backend_pid()"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+def backend_connections(db: psycopg.Connection[Any], expected: int = -1) -> int:
+    """
+    Count the other connections to the test database, waiting up to 5 s for
+    the count to reach ``expected``: a server process leaves
+    pg_stat_activity shortly after its client has closed the socket.
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        row = db.execute(
+            "select count(*) from pg_stat_activity "
+            "where datname = current_database() and pid <> pg_backend_pid()"
+        ).fetchone()
+        assert row is not None
+        if int(row[0]) == expected or expected < 0 or time.monotonic() > deadline:
+            return int(row[0])
+        time.sleep(0.02)
 
 
 def test_aclose_closes_own_connection(
@@ -320,7 +330,7 @@ def test_aclose_closes_own_connection(
 
     during = asyncio.run(scenario())
     assert during == before + 1
-    assert backend_connections(db) == before
+    assert backend_connections(db, before) == before
 
 
 def test_aclose_keeps_passed_connection(database_url: str) -> None:

@@ -16,6 +16,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from test_async_cache import backend_connections
 
 from salesai_cache import (
     AnalyzerError,
@@ -126,8 +127,4 @@ def test_app_closes_connection(
     database_url: str, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     get(database_url, [f"/sessions/{session_id}/analysis"])
-    row = db.execute(
-        "select count(*) from pg_stat_activity "
-        "where datname = current_database() and pid <> pg_backend_pid()"
-    ).fetchone()
-    assert row == (0,)
+    assert backend_connections(db, 0) == 0
