@@ -35,7 +35,7 @@ def tests(session: nox.Session) -> None:
     Run the test suite; SQL tests run on an embedded PostgreSQL unless
     DATABASE_URL names another server.
     """
-    _install(session, "embedded", "test")
+    _install(session, "embedded,cli", "test")
     session.run("pytest", *session.posargs)
 
 
@@ -72,6 +72,6 @@ def bench(session: nox.Session) -> None:
     """
     Run the benchmarks under bench/; each prints its figures and targets.
     """
-    _install(session, "embedded", "test")
+    _install(session, "embedded,cli", "test")
     for script in sorted(Path("bench").glob("*.py")):
         session.run("python", str(script))

@@ -15,7 +15,7 @@ from ._analyzers.schemas import SalesCallAnalysis, SkillScores
 from ._analyzers.threaded import ThreadedAnalyzer
 from ._async_cache import AsyncAnalysisCache
 from ._async_protocols import AsyncAnalysisStore, AsyncAnalyzer
-from ._cache import AnalysisCache
+from ._cache import AnalysisCache, BatchResult
 from ._models import (
     AnalysisResult,
     AnalyzerOutput,
@@ -26,12 +26,15 @@ from ._models import (
     Turn,
 )
 from ._protocols import AnalysisStore, Analyzer
+from ._retry import RetryPolicy
+from ._stats import DEFAULT_PRICES, CacheStats, ModelPrice
 from ._transcripts import load_transcript_file, parse_transcript
 from ._version import __version__
 from .exceptions import (
     AnalyzerError,
     CacheStoreError,
     ClaimTimeoutError,
+    ConfigurationError,
     InvalidInputError,
     SalesAICacheError,
     SchemaMismatchError,
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from ._stores.supabase import SupabaseStore
 
 __all__ = [
+    "DEFAULT_PRICES",
     "AnalysisCache",
     "AnalysisResult",
     "AnalysisStore",
@@ -58,15 +62,20 @@ __all__ = [
     "AsyncOpenAIAnalyzer",
     "AsyncPostgresStore",
     "AsyncSupabaseStore",
+    "BatchResult",
+    "CacheStats",
     "CacheStatus",
     "CacheStoreError",
     "ClaimTimeoutError",
+    "ConfigurationError",
     "ConversationMetrics",
     "ConversationMetricsAnalyzer",
     "InvalidInputError",
     "Lookup",
+    "ModelPrice",
     "OpenAIAnalyzer",
     "PostgresStore",
+    "RetryPolicy",
     "SalesAICacheError",
     "SalesCallAnalysis",
     "SchemaMismatchError",

@@ -15,6 +15,7 @@ __all__ = ["main"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from ._cli import add_operator_commands
     from ._demo import add_demo_arguments
 
     parser = argparse.ArgumentParser(
@@ -39,6 +40,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "cache hits.",
     )
     add_demo_arguments(demo)
+    add_operator_commands(commands)
     return parser
 
 
@@ -63,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    if hasattr(args, "handler"):
+        from ._cli import run_operator_command
+
+        return run_operator_command(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

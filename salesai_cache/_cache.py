@@ -5,13 +5,18 @@ AnalysisCache: get-or-compute of conversation analyses over a database.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from ._core import (
+    MAX_REMEMBERED,
+    BatchResult,
+    PendingWrite,
     _new_claimant,
     _stored_within,
     _with_status,
@@ -19,7 +24,10 @@ from ._core import (
     check_conversation_id,
     check_durations,
     check_invalidate,
+    check_max_pending,
+    check_session_ids,
     client_kind,
+    hidden_error,
     log_found,
     parse_stored_transcript,
     read_stored,
@@ -34,11 +42,19 @@ from ._models import (
     validate_session_id,
 )
 from ._protocols import AnalysisStore, Analyzer
+from ._retry import STORE_RETRY, RetryPolicy
 from ._singleflight import SingleFlight
+from ._stats import CacheStats, ModelPrice, StatsRecorder
+from ._stores._retrying import RetryingStore
 from ._transcripts import TranscriptInput, parse_transcript
-from .exceptions import ClaimTimeoutError
+from .exceptions import (
+    CacheStoreError,
+    ClaimTimeoutError,
+    ConfigurationError,
+    SessionNotFoundError,
+)
 
-__all__ = ["AnalysisCache"]
+__all__ = ["AnalysisCache", "BatchResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +99,18 @@ class AnalysisCache(Generic[AnalysisT]):
             ``max_poll_interval``.
         max_poll_interval: the longest pause between two lookups, in seconds,
             which bounds how late a waiter sees a finished analysis.
+        prices: US dollar prices per model for the saved cost in
+            ``stats()``; ``DEFAULT_PRICES`` (estimates) when omitted.
+        store_retry: how database calls that fail transiently (a lost
+            connection, a timeout, a 5xx) are retried; ``invalidate`` is not.
+        max_pending_writes: how many computed analyses whose write failed
+            this cache keeps in memory to write later (see
+            ``flush_pending``); beyond it the oldest is dropped with an ERROR.
 
     Raises:
         TypeError: ``client`` is none of the accepted types.
-        InvalidInputError: a duration is not positive.
+        InvalidInputError: a duration is not positive, or
+            ``max_pending_writes`` is below 1.
     """
 
     def __init__(
@@ -98,6 +122,9 @@ class AnalysisCache(Generic[AnalysisT]):
         wait_timeout: float | None = None,
         poll_interval: float = 0.02,
         max_poll_interval: float = 0.25,
+        prices: Mapping[str, ModelPrice] | None = None,
+        store_retry: RetryPolicy = STORE_RETRY,
+        max_pending_writes: int = 100,
     ) -> None:
         check_durations(
             lease_seconds=lease_seconds,
@@ -105,8 +132,18 @@ class AnalysisCache(Generic[AnalysisT]):
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,
         )
+        check_max_pending(max_pending_writes)
         self._store = _make_store(client)
+        self._io = RetryingStore(self._store, store_retry)
         self._analyzer = analyzer
+        self._max_pending = max_pending_writes
+        self._pending: OrderedDict[str, PendingWrite[AnalysisT]] = OrderedDict()
+        # Sessions this cache stored, with their fingerprints: a lookup that
+        # then finds nothing points at a policy that hides the rows.
+        self._saved: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # Sessions whose analysis was not readable right after its write.
+        self._hidden: set[str] = set()
+        self._memory_lock = threading.Lock()
         self._lease_seconds = lease_seconds
         self._wait_timeout = (
             lease_seconds + 10.0 if wait_timeout is None else wait_timeout
@@ -114,6 +151,7 @@ class AnalysisCache(Generic[AnalysisT]):
         self._poll_interval = poll_interval
         self._max_poll_interval = max(max_poll_interval, poll_interval)
         self._flights: SingleFlight[AnalysisResult[AnalysisT]] = SingleFlight()
+        self._stats = StatsRecorder(prices)
 
     @property
     def store(self) -> AnalysisStore:
@@ -121,6 +159,28 @@ class AnalysisCache(Generic[AnalysisT]):
         The store that reads and writes analyses.
         """
         return self._store
+
+    @property
+    def pending_writes(self) -> int:
+        """
+        How many computed analyses wait in memory for their database write.
+        """
+        with self._memory_lock:
+            return len(self._pending)
+
+    def flush_pending(self) -> int:
+        """
+        Write every analysis whose database write failed earlier, such as
+        from a shutdown hook (``atexit.register(cache.flush_pending)``) or a
+        periodic job, so that analyses paid for reach the database.
+
+        Returns:
+            The number written; those still failing stay pending and are
+            logged at WARNING.
+        """
+        with self._memory_lock:
+            sessions = list(self._pending)
+        return sum(1 for session_id in sessions if self._write_pending(session_id))
 
     @property
     def analyzer(self) -> Analyzer[AnalysisT]:
@@ -156,15 +216,23 @@ class AnalysisCache(Generic[AnalysisT]):
             SessionNotFoundError: the session row does not exist.
             AnalyzerError: the analyzer failed; nothing was stored.
             ClaimTimeoutError: another worker held the claim too long.
-            CacheStoreError: the database call failed.
+            CacheStoreError: a database call failed after its retries. When
+                only the write of a computed analysis fails, the analysis is
+                returned (status ``MISS``) and kept in memory to write later.
+            ConfigurationError: the database accepted the write but hides
+                the stored analysis from this role.
         """
         key = validate_session_id(session_id)
         turns = self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
+        pending = self._serve_pending(key, fingerprint)
+        if pending is not None:
+            return pending
         if allow_stale:
-            served = self._read(self._store.fetch(key), fingerprint)
+            served = self._read(self._io.fetch(key), fingerprint)
             if served is not None:
                 self._log_found(served)
+                self._stats.record(served)
                 return served
 
         def obtain() -> AnalysisResult[AnalysisT]:
@@ -173,7 +241,10 @@ class AnalysisCache(Generic[AnalysisT]):
         flight = (key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
         if shared and result.status is CacheStatus.MISS:
-            return _with_status(result, CacheStatus.WAITED)
+            result = _with_status(result, CacheStatus.WAITED)
+        if result.status is not CacheStatus.MISS:
+            # The caller that computed counted its miss in _obtain.
+            self._stats.record(result)
         return result
 
     def refresh(
@@ -198,7 +269,10 @@ class AnalysisCache(Generic[AnalysisT]):
         flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
         if shared and result.status is CacheStatus.MISS:
-            return _with_status(result, CacheStatus.WAITED)
+            result = _with_status(result, CacheStatus.WAITED)
+        if result.status is not CacheStatus.MISS:
+            # The caller that computed counted its miss in _obtain.
+            self._stats.record(result)
         return result
 
     def invalidate(
@@ -221,7 +295,14 @@ class AnalysisCache(Generic[AnalysisT]):
         """
         check_invalidate(session_id, analysis_version)
         key = None if session_id is None else validate_session_id(session_id)
-        deleted = self._store.invalidate(key, analysis_version)
+        deleted = self._io.invalidate(key, analysis_version)
+        with self._memory_lock:
+            if key is None:
+                self._saved.clear()
+                self._hidden.clear()
+            else:
+                self._saved.pop(key, None)
+                self._hidden.discard(key)
         logger.info(
             "Invalidated %d cached analyses (session %s, analysis version %s)",
             deleted,
@@ -248,7 +329,7 @@ class AnalysisCache(Generic[AnalysisT]):
         fingerprint = None
         if transcript is not None:
             fingerprint = transcript_hash(parse_transcript(transcript))
-        return self._read(self._store.fetch(key), fingerprint)
+        return self._read(self._io.fetch(key), fingerprint)
 
     def get_by_conversation(
         self, conversation_id: str
@@ -265,17 +346,78 @@ class AnalysisCache(Generic[AnalysisT]):
             InvalidInputError: ``conversation_id`` is not a non-empty string.
         """
         check_conversation_id(conversation_id)
-        cached = self._read(self._store.fetch_by_conversation(conversation_id), None)
+        cached = self._read(self._io.fetch_by_conversation(conversation_id), None)
         if cached is not None:
             self._log_found(cached)
         return cached
+
+    def get_many(self, session_ids: Iterable[object]) -> BatchResult[AnalysisT]:
+        """
+        Return the stored analyses of many sessions without computing any,
+        for dashboards.
+
+        One query on PostgreSQL; on Supabase, as few requests as keep every
+        URL within 8 KB. Each analysis has status ``HIT`` when its analysis
+        version matches the analyzer, else ``STALE``; transcripts are not
+        compared.
+
+        Args:
+            session_ids: session ids (UUIDs or UUID strings), in the order the
+                caller wants them back; repeated ids count once.
+
+        Returns:
+            ``found`` maps each session with an analysis to it, in the order of
+            ``session_ids``; ``missing`` lists, in that order too, the sessions
+            without one (or with one that no longer validates against the
+            analyzer's output model).
+
+        Raises:
+            InvalidInputError: ``session_ids`` is a string, or an id is not a
+                UUID; raised before any request.
+            CacheStoreError: the database call failed.
+        """
+        keys = check_session_ids(session_ids)
+        if not keys:
+            return BatchResult()
+        fetch_many = getattr(self._store, "fetch_many", None)
+        if callable(fetch_many):
+            rows: list[StoredAnalysis] = self._io.retried(
+                f"Reading the analyses of {len(keys)} sessions",
+                lambda: list(fetch_many(keys)),
+            )
+        else:
+            # A custom store without fetch_many: one lookup per session.
+            rows = [row for row in map(self._io.fetch, keys) if row is not None]
+        by_id = {row.session_id: row for row in rows}
+        found: dict[str, AnalysisResult[AnalysisT]] = {}
+        missing: list[str] = []
+        for key in keys:
+            result = self._read(by_id.get(key), None)
+            if result is None:
+                missing.append(key)
+            else:
+                found[key] = result
+        logger.debug(
+            "Read %d of %d requested analyses from the database",
+            len(found),
+            len(keys),
+        )
+        return BatchResult(found=found, missing=missing)
+
+    def stats(self) -> CacheStats:
+        """
+        Return a snapshot of what this cache did since it was created: hits,
+        misses, stale recomputes, waits, and the tokens and estimated cost
+        that the calls answered without the model saved (see ``CacheStats``).
+        """
+        return self._stats.snapshot()
 
     def _turns(
         self, session_id: str, transcript: TranscriptInput | None
     ) -> tuple[Turn, ...]:
         if transcript is not None:
             return parse_transcript(transcript)
-        raw = self._store.fetch_transcript(session_id)
+        raw = self._io.fetch_transcript(session_id)
         return parse_stored_transcript(session_id, raw)
 
     def _obtain(
@@ -297,7 +439,7 @@ class AnalysisCache(Generic[AnalysisT]):
         waited = False
         force_claim = force
         while True:
-            lookup = self._store.lookup(
+            lookup = self._io.lookup(
                 session_id,
                 fingerprint,
                 version,
@@ -306,7 +448,16 @@ class AnalysisCache(Generic[AnalysisT]):
                 force=force_claim,
             )
             if lookup.claimed:
-                return self._compute(session_id, turns, fingerprint, claimant)
+                verify = lookup.stored is None and self._suspect_hidden(
+                    session_id, fingerprint, claimant
+                )
+                computed = self._compute(
+                    session_id, turns, fingerprint, claimant, verify=verify
+                )
+                self._stats.record(
+                    computed, stale=not force and lookup.stored is not None
+                )
+                return computed
 
             stored = lookup.stored
             if lookup.fresh and stored is not None:
@@ -344,6 +495,8 @@ class AnalysisCache(Generic[AnalysisT]):
         turns: Sequence[Turn],
         fingerprint: str,
         claimant: str,
+        *,
+        verify: bool = False,
     ) -> AnalysisResult[AnalysisT]:
         logger.debug("Computing the analysis of session %s", session_id)
         started = time.perf_counter()
@@ -360,8 +513,9 @@ class AnalysisCache(Generic[AnalysisT]):
             time.perf_counter() - started,
         )
         version = self._analyzer.analysis_version
+        write = PendingWrite(output, fingerprint, version)
         try:
-            stored = self._store.save(
+            stored = self._io.save(
                 session_id,
                 output.analysis.model_dump(mode="json"),
                 output.model,
@@ -370,14 +524,140 @@ class AnalysisCache(Generic[AnalysisT]):
                 analysis_version=version,
                 claimant=claimant,
             )
+        except (ConfigurationError, SessionNotFoundError):
+            self._release_quietly(session_id, claimant)
+            raise
+        except CacheStoreError as error:
+            # The analysis is paid for and valid: serve it, and keep it to
+            # write on the next request for the session or flush_pending().
+            self._release_quietly(session_id, claimant)
+            self._keep_pending(session_id, write)
+            logger.warning(
+                "Could not store the analysis of session %s (%s, code %s); "
+                "serving it and keeping it in memory to write later",
+                session_id,
+                type(error).__name__,
+                error.code,
+            )
+            return write.result(session_id, CacheStatus.MISS)
         except BaseException:
             self._release_quietly(session_id, claimant)
             raise
+        self._remember_saved(session_id, fingerprint, version)
+        if verify and self._io.fetch(session_id) is None:
+            with self._memory_lock:
+                self._hidden.add(session_id)
+            raise hidden_error(session_id)
         return build_miss(session_id, output, stored, fingerprint, version)
+
+    def _suspect_hidden(self, session_id: str, fingerprint: str, claimant: str) -> bool:
+        """
+        Return whether a lookup that found no analysis may be hidden from
+        this role: this cache stored one with the same fingerprints.
+
+        Another process may have deleted it (``invalidate``), so the analysis
+        is computed again and read back after the write, which tells the two
+        apart. A session whose read-back came back empty raises
+        ``ConfigurationError`` at once, without a model call.
+        """
+        version = self._analyzer.analysis_version
+        with self._memory_lock:
+            hidden = session_id in self._hidden
+            suspect = self._saved.get(session_id) == (fingerprint, version)
+        if hidden:
+            self._release_quietly(session_id, claimant)
+            raise hidden_error(session_id)
+        return suspect
+
+    def _remember_saved(self, session_id: str, fingerprint: str, version: str) -> None:
+        with self._memory_lock:
+            self._saved[session_id] = (fingerprint, version)
+            self._saved.move_to_end(session_id)
+            while len(self._saved) > MAX_REMEMBERED:
+                self._saved.popitem(last=False)
+
+    def _keep_pending(self, session_id: str, write: PendingWrite[AnalysisT]) -> None:
+        with self._memory_lock:
+            self._pending[session_id] = write
+            self._pending.move_to_end(session_id)
+            dropped = []
+            while len(self._pending) > self._max_pending:
+                dropped.append(self._pending.popitem(last=False)[0])
+        for lost in dropped:
+            logger.error(
+                "Dropped the unwritten analysis of session %s: more than %d "
+                "analyses wait for the database",
+                lost,
+                self._max_pending,
+            )
+
+    def _serve_pending(
+        self, session_id: str, fingerprint: str
+    ) -> AnalysisResult[AnalysisT] | None:
+        """
+        Write the pending analysis of a session, if any, before anything
+        else; return it when it matches the request, written or not.
+        """
+        with self._memory_lock:
+            write = self._pending.get(session_id)
+        if write is None:
+            return None
+        self._write_pending(session_id)
+        if (write.fingerprint, write.version) != (
+            fingerprint,
+            self._analyzer.analysis_version,
+        ):
+            # The request replaces it: writing it later could overwrite the
+            # newer analysis.
+            with self._memory_lock:
+                if self._pending.get(session_id) is write:
+                    del self._pending[session_id]
+            return None
+        logger.info(
+            "Found analysis in memory for session %s (its database write had failed)",
+            session_id,
+        )
+        return write.result(session_id, CacheStatus.HIT)
+
+    def _write_pending(self, session_id: str) -> bool:
+        with self._memory_lock:
+            write = self._pending.get(session_id)
+        if write is None:
+            return False
+        try:
+            self._io.save(
+                session_id,
+                write.output.analysis.model_dump(mode="json"),
+                write.output.model,
+                write.output.usage,
+                transcript_hash=write.fingerprint,
+                analysis_version=write.version,
+            )
+        except SessionNotFoundError:
+            logger.warning(
+                "Dropped the unwritten analysis of session %s: the session "
+                "no longer exists",
+                session_id,
+            )
+        except (CacheStoreError, ConfigurationError) as error:
+            logger.warning(
+                "Could not write the pending analysis of session %s (%s); "
+                "keeping it in memory",
+                session_id,
+                type(error).__name__,
+            )
+            return False
+        else:
+            logger.info("Wrote the pending analysis of session %s", session_id)
+            self._remember_saved(session_id, write.fingerprint, write.version)
+        with self._memory_lock:
+            if self._pending.get(session_id) is write:
+                del self._pending[session_id]
+        return True
 
     def _release_quietly(self, session_id: str, claimant: str) -> None:
         try:
-            self._store.release(session_id, claimant)
+            self._io.release(session_id, claimant)
         except Exception as error:
             # The claim then expires with its lease; the original error matters.
             logger.warning(

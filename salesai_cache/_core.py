@@ -12,7 +12,9 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any, Literal, TypeVar
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -22,17 +24,24 @@ from ._models import (
     CacheStatus,
     StoredAnalysis,
     Turn,
+    validate_session_id,
 )
 from ._transcripts import parse_transcript
-from .exceptions import InvalidInputError
+from .exceptions import ConfigurationError, InvalidInputError
 
 __all__ = [
+    "MAX_REMEMBERED",
     "STORE_METHODS",
+    "BatchResult",
+    "PendingWrite",
     "build_miss",
     "check_conversation_id",
     "check_durations",
     "check_invalidate",
+    "check_max_pending",
+    "check_session_ids",
     "client_kind",
+    "hidden_error",
     "log_found",
     "parse_stored_transcript",
     "read_stored",
@@ -85,7 +94,40 @@ def check_conversation_id(conversation_id: object) -> str:
         raise InvalidInputError(
             f"invalid conversation id {conversation_id!r}: expected a non-empty string"
         )
+    if "\x00" in conversation_id:
+        # PostgreSQL text cannot hold NUL, so no stored id can match.
+        raise InvalidInputError(
+            f"invalid conversation id {conversation_id!r}: it contains a NUL character"
+        )
     return conversation_id
+
+
+def check_max_pending(max_pending_writes: object) -> None:
+    """
+    Raise ``InvalidInputError`` unless ``max_pending_writes`` is an integer
+    of at least 1.
+    """
+    if not (isinstance(max_pending_writes, int) and max_pending_writes >= 1):
+        raise InvalidInputError(
+            f"invalid max_pending_writes {max_pending_writes!r}: expected an "
+            "integer >= 1"
+        )
+
+
+def check_session_ids(session_ids: Iterable[object]) -> list[str]:
+    """
+    Return the canonical ids of ``session_ids``, each once, in order.
+
+    Raises:
+        InvalidInputError: ``session_ids`` is a string, or an id is not a
+            UUID.
+    """
+    if isinstance(session_ids, (str, bytes)):
+        raise InvalidInputError(
+            f"invalid session ids {session_ids!r}: expected a list of UUIDs, "
+            "not one string"
+        )
+    return list(dict.fromkeys(validate_session_id(item) for item in session_ids))
 
 
 def parse_stored_transcript(session_id: str, raw: Any) -> tuple[Turn, ...]:
@@ -205,6 +247,74 @@ def log_found(
     else:
         logger.info(
             "Found cached analysis in database for session %s", result.session_id
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult(Generic[AnalysisT]):
+    """
+    What ``AnalysisCache.get_many`` found.
+
+    ``found`` maps session ids (canonical lowercase UUID strings) to their
+    analyses in the order they were requested; ``missing`` lists the
+    requested sessions that have no usable analysis, in the same order.
+    """
+
+    found: dict[str, AnalysisResult[AnalysisT]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def get(self, session_id: object) -> AnalysisResult[AnalysisT] | None:
+        """
+        Return the analysis of one requested session, or ``None``.
+
+        Raises:
+            InvalidInputError: ``session_id`` is not a UUID.
+        """
+        return self.found.get(validate_session_id(session_id))
+
+
+def hidden_error(session_id: str) -> ConfigurationError:
+    """
+    Return the error for an analysis that was stored but cannot be read back.
+    """
+    return ConfigurationError(
+        f"the analysis of session {session_id} was stored, yet reading it back "
+        "finds none: row-level security or a view hides "
+        "salesai_analysis_results from the role in use, so every view would pay "
+        "for a new analysis. Check the select policy in sql/policies.sql, or use "
+        "the service-role key",
+        session_id=session_id,
+    )
+
+
+# Sessions remembered as stored by a cache, to tell hidden rows apart.
+MAX_REMEMBERED = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingWrite(Generic[AnalysisT]):
+    """
+    A computed analysis whose database write failed, kept to write later.
+    """
+
+    output: AnalyzerOutput[AnalysisT]
+    fingerprint: str
+    version: str
+
+    def result(self, session_id: str, status: CacheStatus) -> AnalysisResult[AnalysisT]:
+        """
+        Return the analysis as a result with ``status``, never stored.
+        """
+        return AnalysisResult(
+            session_id=session_id,
+            analysis=self.output.analysis,
+            model=self.output.model,
+            usage=self.output.usage,
+            status=status,
+            created_at=None,
+            age_seconds=0.0,
+            transcript_hash=self.fingerprint,
+            analysis_version=self.version,
         )
 
 

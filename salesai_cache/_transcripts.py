@@ -39,8 +39,11 @@ def parse_transcript(value: TranscriptInput) -> tuple[Turn, ...]:
         The turns in order, with surrounding whitespace stripped.
 
     Raises:
-        InvalidInputError: the transcript is empty, not valid UTF-8, or in no
-            format above. The message names the offending turn or line.
+        InvalidInputError: the transcript is empty, not valid UTF-8 (bytes
+            that do not decode, or a str with lone surrogates), contains a
+            NUL character (which PostgreSQL text and jsonb cannot store), or
+            is in no format above. The message names the offending turn or
+            line. Other control characters are kept.
     """
     if isinstance(value, bytes):
         try:
@@ -63,7 +66,27 @@ def parse_transcript(value: TranscriptInput) -> tuple[Turn, ...]:
         )
     if not turns:
         raise InvalidInputError("transcript is empty: expected at least one turn")
+    for index, turn in enumerate(turns):
+        _check_storable(turn.speaker, index, "speaker")
+        _check_storable(turn.text, index, "text")
     return turns
+
+
+def _check_storable(text: str, index: int, field: str) -> None:
+    # The message gives positions, not the text, which may be confidential.
+    position = text.find("\x00")
+    if position >= 0:
+        raise InvalidInputError(
+            f"invalid transcript turn {index}: its {field} contains a NUL "
+            f"character at position {position}, which PostgreSQL cannot store"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInputError(
+            f"invalid transcript turn {index}: its {field} is not valid UTF-8 "
+            f"(a lone surrogate at position {error.start})"
+        ) from None
 
 
 def _parse_text(text: str) -> tuple[Turn, ...]:

@@ -7,9 +7,14 @@ failure of the cache, its stores and its analyzers::
     SalesAICacheError
     ├── CacheStoreError          a database or PostgREST call failed
     │   └── SchemaMismatchError  a table, column or constraint is missing
+    ├── ConfigurationError       the database hides what the cache wrote
     ├── SessionNotFoundError     no salesai_sessions row has the session id
     ├── ClaimTimeoutError        another worker's compute took too long
     └── AnalyzerError            the analyzer (for example OpenAI) failed
+
+``CacheStoreError`` and ``AnalyzerError`` have ``retryable``: whether the same
+call may succeed later (a timeout, a 5xx, a rate limit). The cache has retried
+those already when it raises them.
 
 Misuse, such as a session id that is not a UUID or an empty transcript, raises
 ``InvalidInputError``. It derives from ``ValueError`` and stays outside the
@@ -22,6 +27,7 @@ __all__ = [
     "AnalyzerError",
     "CacheStoreError",
     "ClaimTimeoutError",
+    "ConfigurationError",
     "InvalidInputError",
     "SalesAICacheError",
     "SchemaMismatchError",
@@ -41,12 +47,17 @@ class CacheStoreError(SalesAICacheError):
 
     ``code`` is the PostgreSQL SQLSTATE or PostgREST error code (for example
     ``42501`` or ``PGRST116``) when the server sent one, else ``None``. The
-    original exception is chained as ``__cause__``.
+    original exception is chained as ``__cause__``. ``retryable`` is true for
+    failures that may pass on a later attempt: a lost connection, a timeout,
+    an overloaded server or a 5xx reply.
     """
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retryable: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.retryable = retryable
 
 
 class SchemaMismatchError(CacheStoreError):
@@ -55,6 +66,21 @@ class SchemaMismatchError(CacheStoreError):
 
     The message names the SQL file to apply.
     """
+
+
+class ConfigurationError(SalesAICacheError):
+    """
+    The database accepted a write but hides its result from the same role,
+    usually because a row-level security policy lets the role write
+    ``salesai_analysis_results`` but not read it.
+
+    Without this error every view would pay for a new model call. The
+    message names the session and the table.
+    """
+
+    def __init__(self, message: str, *, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
 
 
 class SessionNotFoundError(SalesAICacheError):
@@ -92,7 +118,30 @@ class AnalyzerError(SalesAICacheError):
 
     The original exception, such as an ``openai.APIError``, is chained as
     ``__cause__``.
+
+    Attributes:
+        status_code: the HTTP status of the failed request, or ``None``.
+        code: the provider's error code, such as ``insufficient_quota``.
+        retryable: whether the same request may succeed later (a rate
+            limit, a 5xx, a timeout or a lost connection).
+        invalid_output: the reply arrived but is unusable: it does not
+            validate, the model refused, or it was cut off or filtered.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        retryable: bool = False,
+        invalid_output: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.retryable = retryable
+        self.invalid_output = invalid_output
 
 
 class InvalidInputError(ValueError):

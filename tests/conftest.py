@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from salesai_cache._local.database import (
     LocalPostgres,
@@ -29,6 +30,16 @@ from salesai_cache._local.database import (
 )
 
 LEGACY_SCHEMA = Path(__file__).with_name("legacy_schema.sql")
+
+# Few, reproducible examples: the machine is small and failures must repeat.
+settings.register_profile(
+    "salesai",
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("salesai")
 
 
 def _unique_name(prefix: str) -> str:

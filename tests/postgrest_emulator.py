@@ -72,6 +72,9 @@ RESULT_COLUMNS = frozenset(
     }
 )
 EMBED = f"{SESSIONS}!inner(conversation_id)"
+# The URL length that the emulated proxy in front of PostgREST accepts, the
+# 8 KB that SupabaseStore.fetch_many keeps to; longer URLs get 414.
+MAX_URL_BYTES = 8192
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -291,6 +294,8 @@ class PostgrestEmulator:
         return response
 
     def _answer(self, request: httpx.Request) -> httpx.Response:
+        if len(str(request.url).encode()) > MAX_URL_BYTES:
+            return httpx.Response(414, text="414 Request-URI Too Large")
         prefix = "/rest/v1/"
         if not request.url.path.startswith(prefix):
             raise UnexpectedRequest(f"path {request.url.path} is not under {prefix}")
@@ -325,6 +330,8 @@ class PostgrestEmulator:
         shape = (request.method, table, tuple(keys))
         if shape == ("GET", RESULTS, ("limit", "select", "session_id")):
             return self._run(claims, *self._fetch(params))
+        if shape == ("GET", RESULTS, ("select", "session_id")):
+            return self._run(claims, *self._fetch_in(params))
         if shape == (
             "GET",
             RESULTS,
@@ -414,6 +421,23 @@ class PostgrestEmulator:
                 sql.Identifier(RESULTS),
             ),
             [_eq(params["session_id"], "session_id"), _limit(params["limit"])],
+        )
+
+    def _fetch_in(self, params: httpx.QueryParams) -> tuple[sql.Composable, list[Any]]:
+        columns = _columns(params["select"])
+        value = params["session_id"]
+        if not (value.startswith("in.(") and value.endswith(")")):
+            raise UnexpectedRequest(f"session_id: expected an in. filter: {value!r}")
+        # Unquoted items, as postgrest-py sends UUIDs; PostgreSQL rejects
+        # an item that is not a UUID (22P02), as PostgREST would.
+        items = value[len("in.(") : -1].split(",")
+        query = sql.SQL("select {} from public.{} where session_id = any(%s::uuid[])")
+        return (
+            query.format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.Identifier(RESULTS),
+            ),
+            [items],
         )
 
     def _by_conversation(

@@ -114,6 +114,8 @@ def _analyzer(handler: Handler, **options: Any) -> OpenAIAnalyzer:
         max_retries=0,
         http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
     )
+    # Transient failures are retried; the tests do not wait for the backoff.
+    options.setdefault("sleep", lambda seconds: None)
     return OpenAIAnalyzer(client, **options)
 
 

@@ -78,7 +78,9 @@ def test_async_openai_same_request() -> None:
 
 
 def test_async_openai_same_version() -> None:
-    sync = OpenAIAnalyzer(openai.OpenAI(api_key=API_KEY), model="gpt-4o")
+    sync = OpenAIAnalyzer(
+        openai.OpenAI(api_key=API_KEY, max_retries=0), model="gpt-4o"
+    )
     asynchronous = AsyncOpenAIAnalyzer(
         openai.AsyncOpenAI(api_key=API_KEY), model="gpt-4o"
     )

@@ -29,6 +29,7 @@ from supabase.lib.client_options import SyncClientOptions
 
 from salesai_cache import (
     CacheStoreError,
+    ConfigurationError,
     Lookup,
     SchemaMismatchError,
     SessionNotFoundError,
@@ -309,7 +310,7 @@ def test_save_returns_hash(api: respx.MockRouter, store: SupabaseStore) -> None:
 
 def test_save_hidden_row(api: respx.MockRouter, store: SupabaseStore) -> None:
     api.post(RPC_SAVE).mock(return_value=rows_reply([]))
-    with pytest.raises(CacheStoreError, match="policies"):
+    with pytest.raises(ConfigurationError, match="policies"):
         save(store)
 
 

@@ -6,20 +6,24 @@ model, as structured output.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import openai
+import tenacity
 from openai.types.chat import ChatCompletionMessageParam, ParsedChatCompletion
 from pydantic import ValidationError
 
 from .._keys import analysis_version
 from .._models import AnalyzerOutput, TokenUsage, Turn
+from .._retry import ANALYZER_RETRY, RetryPolicy, is_transient, is_transient_status
 from ..exceptions import AnalyzerError, InvalidInputError
 from .prompt import SYSTEM_PROMPT, render_transcript
 from .schemas import SalesCallAnalysis
 
-__all__ = ["DEFAULT_MODEL", "AsyncOpenAIAnalyzer", "OpenAIAnalyzer"]
+__all__ = ["CHARS_PER_TOKEN", "DEFAULT_MODEL", "AsyncOpenAIAnalyzer", "OpenAIAnalyzer"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +31,11 @@ DEFAULT_MODEL = "gpt-4o-mini"
 
 # Validation errors quoted in an AnalyzerError message; the rest are counted.
 _MAX_QUOTED_ERRORS = 3
+
+# The size check estimates tokens as characters / 4, OpenAI's rule of thumb
+# for English text; it avoids a tokenizer dependency and errs on both sides
+# for other languages, so the limit keeps a margin below the context window.
+CHARS_PER_TOKEN = 4
 
 _ClientT = TypeVar("_ClientT", openai.OpenAI, openai.AsyncOpenAI)
 
@@ -42,8 +51,9 @@ _REQUEST_ERRORS = (
 
 class _OpenAIAnalyzerBase(Generic[_ClientT]):
     """
-    The parts of the sync and async analyzers that do no I/O: the request,
-    the analysis version, the reply's checks and the error messages.
+    The parts of the sync and async analyzers that do no I/O: the checks of
+    the arguments and the transcript, the request, the analysis version, the
+    retry settings, the reply's checks and the error messages.
     """
 
     _client: _ClientT
@@ -56,8 +66,14 @@ class _OpenAIAnalyzerBase(Generic[_ClientT]):
         system_prompt: str | None,
         temperature: float | None,
         max_completion_tokens: int | None,
+        max_transcript_tokens: int | None,
+        retry: RetryPolicy,
+        output_retries: int,
     ) -> None:
         self._client = client
+        self._retry = retry
+        self._output_retries = output_retries
+        self._max_transcript_tokens = max_transcript_tokens
         self._model = model
         self._system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
         self._temperature = temperature
@@ -109,19 +125,34 @@ class _OpenAIAnalyzerBase(Generic[_ClientT]):
         """
         return self._system_prompt
 
-    def _request_arguments(self, transcript: Sequence[Turn]) -> dict[str, Any]:
+    def _messages(self, transcript: Sequence[Turn]) -> list[ChatCompletionMessageParam]:
         """
-        Return the arguments of ``chat.completions.parse`` for a transcript.
+        Return the messages of the request for a transcript.
 
         Raises:
-            InvalidInputError: the transcript has no turns.
+            InvalidInputError: the transcript has no turns, or its estimated
+                size exceeds ``max_transcript_tokens``.
         """
         if not transcript:
             raise InvalidInputError("transcript is empty: expected at least one turn")
-        messages: list[ChatCompletionMessageParam] = [
+        rendered = render_transcript(transcript)
+        limit = self._max_transcript_tokens
+        if limit is not None and len(rendered) > limit * CHARS_PER_TOKEN:
+            raise InvalidInputError(
+                f"transcript too long: {len(rendered)} characters, about "
+                f"{len(rendered) // CHARS_PER_TOKEN} tokens (estimated at "
+                f"{CHARS_PER_TOKEN} characters a token), exceeds "
+                f"max_transcript_tokens={limit}"
+            )
+        return [
             {"role": "system", "content": self._system_prompt},
-            {"role": "user", "content": render_transcript(transcript)},
+            {"role": "user", "content": rendered},
         ]
+
+    def _arguments(self, messages: list[ChatCompletionMessageParam]) -> dict[str, Any]:
+        """
+        Return the arguments of ``chat.completions.parse``.
+        """
         logger.debug(
             "Requesting a sales-call analysis from OpenAI model %s", self._model
         )
@@ -137,6 +168,27 @@ class _OpenAIAnalyzerBase(Generic[_ClientT]):
             else self._max_completion_tokens,
         }
 
+    def _output_retry_kwargs(self) -> dict[str, Any]:
+        """
+        Return the tenacity arguments of the loop that asks again for an
+        unusable reply, without waiting.
+        """
+        return {
+            "stop": tenacity.stop_after_attempt(self._output_retries + 1),
+            "retry": tenacity.retry_if_exception(_invalid_output),
+            "before_sleep": _log_invalid_output(self._model),
+            "reraise": True,
+        }
+
+    def _request_retry_kwargs(self) -> dict[str, Any]:
+        """
+        Return the tenacity arguments of the loop that retries transient
+        failures of one request.
+        """
+        return self._retry.tenacity_kwargs(
+            is_transient, name=f"OpenAI request for model {self._model!r}"
+        )
+
     def _request_error(self, error: Exception) -> AnalyzerError:
         """
         Return the ``AnalyzerError`` for an exception of the parse call; the
@@ -144,34 +196,44 @@ class _OpenAIAnalyzerBase(Generic[_ClientT]):
         """
         model = self._model
         if isinstance(error, openai.APIStatusError):
+            code = error.code if isinstance(error.code, str) else None
             return AnalyzerError(
                 f"OpenAI request for model {model!r} failed with HTTP "
-                f"{error.status_code}{_describe_api_error(error)}"
+                f"{error.status_code}{_describe_api_error(error)}",
+                status_code=error.status_code,
+                code=code,
+                retryable=is_transient_status(error.status_code, code),
             )
         if isinstance(error, openai.APITimeoutError):
-            return AnalyzerError(f"OpenAI request for model {model!r} timed out")
+            return AnalyzerError(
+                f"OpenAI request for model {model!r} timed out", retryable=True
+            )
         if isinstance(error, openai.APIConnectionError):
             reason = error.__cause__ or error
             return AnalyzerError(
                 f"OpenAI request for model {model!r} could not reach "
-                f"{self._client.base_url}: {type(reason).__name__}: {reason}"
+                f"{self._client.base_url}: {type(reason).__name__}: {reason}",
+                retryable=True,
             )
         if isinstance(error, openai.LengthFinishReasonError):
             limit = self._max_completion_tokens
             return AnalyzerError(
                 f"OpenAI model {model!r} stopped at the length limit "
                 f"(max_completion_tokens={limit}) before finishing the analysis; "
-                "raise max_completion_tokens or shorten the transcript"
+                "raise max_completion_tokens or shorten the transcript",
+                invalid_output=True,
             )
         if isinstance(error, openai.ContentFilterFinishReasonError):
             return AnalyzerError(
                 f"OpenAI model {model!r} stopped its reply because the content "
-                "filter flagged the conversation or the analysis"
+                "filter flagged the conversation or the analysis",
+                invalid_output=True,
             )
         if isinstance(error, ValidationError):
             return AnalyzerError(
                 f"OpenAI model {model!r} returned an analysis that does not "
-                f"validate against SalesCallAnalysis: {_describe_invalid(error)}"
+                f"validate against SalesCallAnalysis: {_describe_invalid(error)}",
+                invalid_output=True,
             )
         if isinstance(error, openai.OpenAIError):
             return AnalyzerError(
@@ -202,7 +264,9 @@ class _OpenAIAnalyzerBase(Generic[_ClientT]):
             usage.completion_tokens,
         )
         if not completion.choices:
-            raise AnalyzerError(f"OpenAI model {model!r} returned no choices")
+            raise AnalyzerError(
+                f"OpenAI model {model!r} returned no choices", invalid_output=True
+            )
         choice = completion.choices[0]
         message = choice.message
         if message.refusal:
@@ -210,12 +274,14 @@ class _OpenAIAnalyzerBase(Generic[_ClientT]):
             # so it stays out of the message, which applications log.
             raise AnalyzerError(
                 f"OpenAI model {model!r} refused to analyse the conversation "
-                f"(a refusal of {len(message.refusal)} characters)"
+                f"(a refusal of {len(message.refusal)} characters)",
+                invalid_output=True,
             )
         if message.parsed is None:
             raise AnalyzerError(
                 f"OpenAI model {model!r} returned no analysis "
-                f"(finish_reason={choice.finish_reason!r})"
+                f"(finish_reason={choice.finish_reason!r})",
+                invalid_output=True,
             )
         return AnalyzerOutput(analysis=message.parsed, model=model, usage=usage)
 
@@ -228,11 +294,20 @@ class OpenAIAnalyzer(_OpenAIAnalyzerBase[openai.OpenAI]):
     ``SalesCallAnalysis`` is sent in strict mode, and the reply is validated
     against the model again locally, including the score ranges.
 
-    Nothing is retried here; configure ``max_retries`` on the client, or wrap
-    the analyzer, to retry. Every failure raises ``AnalyzerError`` with the
-    original exception, if any, as ``__cause__``: an ``openai.APIStatusError``
-    (which has ``status_code`` and ``code``), an ``openai.APIConnectionError``,
-    an ``openai.LengthFinishReasonError``, an
+    Retries: a rate limit (429), a 5xx reply, a timeout or a lost connection
+    is retried by ``retry`` (tenacity), which waits what the ``retry-after-ms``
+    or ``Retry-After`` header asks, up to a cap, else backs off exponentially
+    with jitter, within a total deadline. The openai SDK's own retries are
+    turned off (``client.with_options(max_retries=0)``), so the two layers do
+    not multiply. 400, 401, 403, 404 and a 429 with code
+    ``insufficient_quota`` fail at once. A reply that does not validate, a
+    refusal, or a reply cut off by the length limit or the content filter is
+    requested again up to ``output_retries`` times; it is never returned.
+
+    Every failure raises ``AnalyzerError`` with ``status_code``, ``code``,
+    ``retryable`` and ``invalid_output``, and the original exception, if any,
+    as ``__cause__``: an ``openai.APIStatusError``, an
+    ``openai.APIConnectionError``, an ``openai.LengthFinishReasonError``, an
     ``openai.ContentFilterFinishReasonError`` or a pydantic ``ValidationError``.
 
     Args:
@@ -249,10 +324,21 @@ class OpenAIAnalyzer(_OpenAIAnalyzerBase[openai.OpenAI]):
         max_completion_tokens: the maximum number of tokens in the reply
             (for reasoning models, including reasoning tokens), or ``None`` for
             no limit. A reply cut off at the limit raises ``AnalyzerError``.
+        max_transcript_tokens: the largest transcript accepted, in tokens
+            estimated as characters / ``CHARS_PER_TOKEN`` (an estimate, not
+            the model's tokenizer); a longer one raises ``InvalidInputError``
+            with its size and the limit, before any request. ``None`` turns
+            the check off. The default suits 128k-token models.
+        retry: how transient failures are retried; ``RetryPolicy(attempts=1)``
+            turns retries off.
+        output_retries: how many times an unusable reply is requested again.
+        sleep: what waits between retries; tests pass a recorder.
 
     Raises:
         AnalyzerError: ``client`` is omitted and ``openai.OpenAI()`` cannot be
             created, usually because ``OPENAI_API_KEY`` is not set.
+        InvalidInputError: ``max_transcript_tokens`` or ``output_retries`` is
+            out of range.
     """
 
     def __init__(
@@ -263,21 +349,33 @@ class OpenAIAnalyzer(_OpenAIAnalyzerBase[openai.OpenAI]):
         system_prompt: str | None = None,
         temperature: float | None = 0.2,
         max_completion_tokens: int | None = 4096,
+        max_transcript_tokens: int | None = 100_000,
+        retry: RetryPolicy = ANALYZER_RETRY,
+        output_retries: int = 1,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        _check_limits(max_transcript_tokens, output_retries)
         if client is None:
             try:
-                client = openai.OpenAI()
+                client = openai.OpenAI(max_retries=0)
             except openai.OpenAIError as error:
                 raise AnalyzerError(
                     f"cannot create an OpenAI client: {error}. Set OPENAI_API_KEY "
                     "or pass client=openai.OpenAI(api_key=...)"
                 ) from error
+        if client.max_retries:
+            _warn_sdk_retries(client.max_retries, type(self).__name__)
+            client = client.with_options(max_retries=0)
+        self._sleep = sleep
         super().__init__(
             client,
             model=model,
             system_prompt=system_prompt,
             temperature=temperature,
             max_completion_tokens=max_completion_tokens,
+            max_transcript_tokens=max_transcript_tokens,
+            retry=retry,
+            output_retries=output_retries,
         )
 
     def analyze(self, transcript: Sequence[Turn]) -> AnalyzerOutput[SalesCallAnalysis]:
@@ -293,17 +391,37 @@ class OpenAIAnalyzer(_OpenAIAnalyzerBase[openai.OpenAI]):
             token usage of the request.
 
         Raises:
-            InvalidInputError: the transcript has no turns.
-            AnalyzerError: the request failed, the model refused, the reply
-                was cut off or filtered, or it does not validate against
-                ``SalesCallAnalysis``.
+            InvalidInputError: the transcript has no turns, or its estimated
+                size exceeds ``max_transcript_tokens``.
+            AnalyzerError: the request failed after its retries, or every
+                reply was refused, cut off, filtered or did not validate
+                against ``SalesCallAnalysis``.
         """
-        arguments = self._request_arguments(transcript)
-        try:
-            completion = self._client.chat.completions.parse(**arguments)
-        except _REQUEST_ERRORS as error:
-            raise self._request_error(error) from error
-        return self._output(completion)
+        messages = self._messages(transcript)
+        # An unusable reply is asked for again without waiting; each of those
+        # attempts retries transient failures with backoff.
+        for attempt in tenacity.Retrying(**self._output_retry_kwargs()):
+            with attempt:
+                return self._output(self._send(messages))
+        raise AssertionError(
+            "unreachable: tenacity returns or raises"
+        )  # pragma: no cover
+
+    def _send(
+        self, messages: list[ChatCompletionMessageParam]
+    ) -> ParsedChatCompletion[SalesCallAnalysis]:
+        retrying = tenacity.Retrying(sleep=self._sleep, **self._request_retry_kwargs())
+        for attempt in retrying:
+            with attempt:
+                try:
+                    return self._client.chat.completions.parse(
+                        **self._arguments(messages)
+                    )
+                except _REQUEST_ERRORS as error:
+                    raise self._request_error(error) from error
+        raise AssertionError(
+            "unreachable: tenacity returns or raises"
+        )  # pragma: no cover
 
 
 class AsyncOpenAIAnalyzer(_OpenAIAnalyzerBase[openai.AsyncOpenAI]):
@@ -342,6 +460,9 @@ class AsyncOpenAIAnalyzer(_OpenAIAnalyzerBase[openai.AsyncOpenAI]):
             system_prompt=system_prompt,
             temperature=temperature,
             max_completion_tokens=max_completion_tokens,
+            max_transcript_tokens=None,
+            retry=RetryPolicy(attempts=1),
+            output_retries=0,
         )
 
     async def analyze(
@@ -357,12 +478,49 @@ class AsyncOpenAIAnalyzer(_OpenAIAnalyzerBase[openai.AsyncOpenAI]):
             InvalidInputError: the transcript has no turns.
             AnalyzerError: as ``OpenAIAnalyzer.analyze``.
         """
-        arguments = self._request_arguments(transcript)
+        arguments = self._arguments(self._messages(transcript))
         try:
             completion = await self._client.chat.completions.parse(**arguments)
         except _REQUEST_ERRORS as error:
             raise self._request_error(error) from error
         return self._output(completion)
+
+
+def _check_limits(max_transcript_tokens: int | None, output_retries: int) -> None:
+    if max_transcript_tokens is not None and not max_transcript_tokens > 0:
+        raise InvalidInputError(
+            f"invalid max_transcript_tokens {max_transcript_tokens!r}: "
+            "expected a positive number of tokens or None"
+        )
+    if not (isinstance(output_retries, int) and output_retries >= 0):
+        raise InvalidInputError(
+            f"invalid output_retries {output_retries!r}: expected an integer >= 0"
+        )
+
+
+def _warn_sdk_retries(max_retries: int, analyzer: str) -> None:
+    # The SDK would retry inside each of the analyzer's attempts.
+    warnings.warn(
+        f"the OpenAI client retries {max_retries} times; "
+        f"{analyzer} retries itself, so it sends with max_retries=0",
+        stacklevel=3,
+    )
+
+
+def _invalid_output(error: BaseException) -> bool:
+    return isinstance(error, AnalyzerError) and error.invalid_output
+
+
+def _log_invalid_output(model: str) -> Callable[[tenacity.RetryCallState], None]:
+    def log(retry_state: tenacity.RetryCallState) -> None:
+        logger.warning(
+            "OpenAI model %s returned an unusable analysis (attempt %d); "
+            "requesting it again",
+            model,
+            retry_state.attempt_number,
+        )
+
+    return log
 
 
 def _usage(completion: ParsedChatCompletion[SalesCallAnalysis]) -> TokenUsage:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
+from .._retry import is_transient_store_code
 from ..exceptions import (
     CacheStoreError,
     SalesAICacheError,
@@ -225,6 +226,7 @@ def translate_error(
     session_id: str | None = None,
     schema_cache: bool = False,
     function: str | None = None,
+    role: str | None = None,
 ) -> SalesAICacheError:
     """
     Return the library exception for a failed database call.
@@ -243,6 +245,8 @@ def translate_error(
         function: the SQL function the call ran, such as
             ``salesai_lookup_analysis``; a missing function then means a
             missing migration.
+        role: the database role the call ran as, named in a permission
+            error.
 
     Returns:
         The exception; the caller raises it ``from`` the original error.
@@ -250,6 +254,15 @@ def translate_error(
     server_text = f" Server message: {server_message.strip()}" if server_message else ""
     failed = f"{action} failed ({code or 'no error code'})"
     reload_hint = f" {_RELOAD_HINT}" if schema_cache else ""
+    as_role = f" as role {role}" if role else ""
+    if code == "PGRST204" and schema_cache:
+        # PostgREST answers PGRST204 from its schema cache, which lags behind
+        # DDL until reloaded: the likelier cause after a migration.
+        reload_hint = (
+            " PostgREST's schema cache may be stale: run \"notify pgrst, "
+            "'reload schema'\" in the SQL editor (or restart the API) if the "
+            "migration is applied."
+        )
 
     if code == "23503" and session_id is not None:
         return SessionNotFoundError(session_id)
@@ -308,7 +321,8 @@ def translate_error(
         )
     if code == "42501" and function is not None:
         return CacheStoreError(
-            f"{failed}: permission denied on {table} or public.{function}. "
+            f"{failed}: permission denied{as_role} on {table} or "
+            f"public.{function}. "
             f"{LOOKUP_FUNCTION} and {SAVE_FUNCTION} run with the caller's rights, "
             "and sql/policies.sql and migration 002 let only the service role "
             "take compute claims and write analyses, so run the cache on the "
@@ -317,7 +331,8 @@ def translate_error(
         )
     if code == "42501":
         return CacheStoreError(
-            f"{failed}: permission denied on {table}. sql/policies.sql lets users "
+            f"{failed}: permission denied{as_role} on {table}. sql/policies.sql "
+            "lets users "
             "read only their own sessions and analyses, and lets only the service "
             "role write analyses, so run the cache on the server with the "
             f"service-role key or a database role.{server_text}",
@@ -347,5 +362,10 @@ def translate_error(
             f"{failed}: the database is unavailable or overloaded, so retry later."
             f"{server_text}",
             code=code,
+            retryable=True,
         )
-    return CacheStoreError(f"{failed} on {table}.{server_text}", code=code)
+    return CacheStoreError(
+        f"{failed} on {table}.{server_text}",
+        code=code,
+        retryable=is_transient_store_code(code),
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -31,11 +31,13 @@ from ._rows import (
 from .postgres import (
     _FETCH,
     _FETCH_BY_CONVERSATION,
+    _FETCH_MANY,
     _FETCH_TRANSCRIPT,
     _FUNCTION_TABLES,
     _LOOKUP,
     _RELEASE,
     _SAVE,
+    _hidden_row_error,
     _invalidate_query,
     _looked_up,
     _save_params,
@@ -101,6 +103,32 @@ class AsyncPostgresStore:
             session_id,
         )
         return row_to_stored(row) if row else None
+
+    async def fetch_many(self, session_ids: Sequence[str]) -> list[StoredAnalysis]:
+        """
+        Return the stored analyses of the given sessions, in no particular
+        order, in one query; sessions without one are left out.
+        """
+
+        async def run() -> list[DictRow]:
+            async with (
+                self._lock,
+                self._transaction(),
+                self._conn.cursor(row_factory=dict_row) as cursor,
+            ):
+                await cursor.execute(_FETCH_MANY, (list(session_ids),))
+                return await cursor.fetchall()
+
+        rows = await self._guard(
+            run,
+            action=f"reading the analyses of {len(session_ids)} sessions",
+            table=ANALYSIS_TABLE,
+            session_id=None,
+        )
+        logger.debug(
+            "Read %d analyses of %d sessions via psycopg", len(rows), len(session_ids)
+        )
+        return [row_to_stored(row) for row in rows]
 
     async def fetch_by_conversation(
         self, conversation_id: str
@@ -205,6 +233,8 @@ class AsyncPostgresStore:
             session_id=session_id,
             function=SAVE_FUNCTION,
         )
+        if row is None:
+            raise _hidden_row_error(session_id, await self._role())
         return _saved(row, session_id)
 
     async def release(self, session_id: str, claimant: str) -> None:
@@ -293,6 +323,15 @@ class AsyncPostgresStore:
             return contextlib.nullcontext()
         return self._conn.transaction()
 
+    async def _role(self) -> str:
+        # As PostgresStore._role: for error messages only.
+        try:
+            async with self._lock, self._transaction(), self._conn.cursor() as cursor:
+                row = await (await cursor.execute("select current_user")).fetchone()
+        except psycopg.Error:
+            return "unknown"
+        return str(row[0]) if row else "unknown"
+
     async def _guard(
         self,
         call: Callable[[], Awaitable[_T]],
@@ -311,4 +350,6 @@ class AsyncPostgresStore:
                 table=table,
                 session_id=session_id,
                 function=function,
+                closed=self._conn.closed,
+                role=await self._role() if error.sqlstate == "42501" else None,
             ) from error

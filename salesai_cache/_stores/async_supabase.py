@@ -9,7 +9,7 @@ The requests, the row conversion and the error translation are those of
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -40,13 +40,16 @@ from .supabase import (
     _SELECT,
     _SELECT_BY_CONVERSATION,
     _check_filters,
+    _chunks,
     _deleted,
     _looked_up,
     _lookup_params,
     _request_error,
+    _role_of,
     _row_list,
     _save_params,
     _saved,
+    _url_bytes,
 )
 
 __all__ = ["AsyncSupabaseStore", "close_async_client"]
@@ -110,6 +113,42 @@ class AsyncSupabaseStore:
             "Read %d analysis rows of session %s via PostgREST", len(rows), session_id
         )
         return row_to_stored(rows[0]) if rows else None
+
+    async def fetch_many(self, session_ids: Sequence[str]) -> list[StoredAnalysis]:
+        """
+        Return the stored analyses of the given sessions, in no particular
+        order, split over requests as ``SupabaseStore.fetch_many`` does;
+        sessions without one are left out.
+
+        Raises:
+            CacheStoreError: a request failed, or one id alone makes the URL
+                too long (the project URL is then very long).
+        """
+        stored: list[StoredAnalysis] = []
+        for chunk in _chunks(session_ids, self._url_bytes):
+            request = (
+                self._table(ANALYSIS_TABLE)
+                .select(_SELECT)
+                .in_("session_id", chunk)
+                .retry(False)
+            )
+            response = await self._execute(
+                request.execute,
+                action=f"reading the analyses of {len(chunk)} sessions",
+                table=ANALYSIS_TABLE,
+            )
+            stored.extend(row_to_stored(row) for row in _row_list(response))
+        logger.debug(
+            "Read %d analyses of %d sessions via PostgREST",
+            len(stored),
+            len(session_ids),
+        )
+        return stored
+
+    def _url_bytes(self, session_ids: list[str]) -> int:
+        return _url_bytes(
+            self._table(ANALYSIS_TABLE).select(_SELECT).in_("session_id", session_ids)
+        )
 
     async def fetch_by_conversation(
         self, conversation_id: str
@@ -230,7 +269,7 @@ class AsyncSupabaseStore:
             session_id=session_id,
             function=SAVE_FUNCTION,
         )
-        return _saved(response, session_id)
+        return _saved(response, session_id, self._role)
 
     async def release(self, session_id: str, claimant: str) -> None:
         """
@@ -296,6 +335,9 @@ class AsyncSupabaseStore:
         builder.retry(False)
         return builder
 
+    def _role(self) -> str:
+        return _role_of(self._table(ANALYSIS_TABLE).headers)
+
     async def _execute(
         self,
         call: Callable[[], Awaitable[_T]],
@@ -314,6 +356,7 @@ class AsyncSupabaseStore:
                 table=table,
                 session_id=session_id,
                 function=function,
+                role=self._role,
             ) from error
 
 

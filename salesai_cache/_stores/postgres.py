@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -19,7 +19,13 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
-from ..exceptions import CacheStoreError, SalesAICacheError, SessionNotFoundError
+from .._retry import is_transient_store_code
+from ..exceptions import (
+    CacheStoreError,
+    ConfigurationError,
+    SalesAICacheError,
+    SessionNotFoundError,
+)
 from ._rows import (
     ANALYSIS_COLUMNS,
     ANALYSIS_TABLE,
@@ -49,6 +55,9 @@ _SESSIONS = sql.Identifier("public", SESSIONS_TABLE)
 _FETCH = sql.SQL("select {columns} from {analyses} where session_id = %s").format(
     columns=_COLUMNS, analyses=_ANALYSES
 )
+_FETCH_MANY = sql.SQL(
+    "select {columns} from {analyses} where session_id = any(%s::uuid[])"
+).format(columns=_COLUMNS, analyses=_ANALYSES)
 _FETCH_BY_CONVERSATION = sql.SQL(
     "select {columns} from {analyses} r join {sessions} s on s.id = r.session_id "
     "where s.conversation_id = %s order by r.updated_at desc limit 1"
@@ -123,6 +132,32 @@ class PostgresStore:
             session_id,
         )
         return row_to_stored(row) if row else None
+
+    def fetch_many(self, session_ids: Sequence[str]) -> list[StoredAnalysis]:
+        """
+        Return the stored analyses of the given sessions, in no particular
+        order, in one query; sessions without one are left out.
+        """
+
+        def run() -> list[DictRow]:
+            with (
+                self._lock,
+                self._transaction(),
+                self._conn.cursor(row_factory=dict_row) as cursor,
+            ):
+                cursor.execute(_FETCH_MANY, (list(session_ids),))
+                return cursor.fetchall()
+
+        rows = self._guard(
+            run,
+            action=f"reading the analyses of {len(session_ids)} sessions",
+            table=ANALYSIS_TABLE,
+            session_id=None,
+        )
+        logger.debug(
+            "Read %d analyses of %d sessions via psycopg", len(rows), len(session_ids)
+        )
+        return [row_to_stored(row) for row in rows]
 
     def fetch_by_conversation(self, conversation_id: str) -> StoredAnalysis | None:
         """
@@ -225,6 +260,8 @@ class PostgresStore:
             session_id=session_id,
             function=SAVE_FUNCTION,
         )
+        if row is None:
+            raise _hidden_row_error(session_id, self._role())
         return _saved(row, session_id)
 
     def release(self, session_id: str, claimant: str) -> None:
@@ -310,6 +347,16 @@ class PostgresStore:
             return contextlib.nullcontext()
         return self._conn.transaction()
 
+    def _role(self) -> str:
+        # For error messages only; in a transaction of its own, so that a
+        # non-autocommit connection is not left inside an open transaction.
+        try:
+            with self._lock, self._transaction(), self._conn.cursor() as cursor:
+                row = cursor.execute("select current_user").fetchone()
+        except psycopg.Error:
+            return "unknown"
+        return str(row[0]) if row else "unknown"
+
     def _guard(
         self,
         call: Callable[[], _T],
@@ -328,6 +375,8 @@ class PostgresStore:
                 table=table,
                 session_id=session_id,
                 function=function,
+                closed=self._conn.closed,
+                role=self._role() if error.sqlstate == "42501" else None,
             ) from error
 
 
@@ -369,16 +418,21 @@ def _looked_up(row: Mapping[str, Any] | None, session_id: str) -> Lookup:
     return found
 
 
-def _saved(row: Mapping[str, Any] | None, session_id: str) -> StoredAnalysis:
-    if row is None:
-        # An RLS policy can let the insert through yet hide the row from
-        # RETURNING's implicit select.
-        raise CacheStoreError(
-            f"saving the analysis of session {session_id} returned no row: "
-            f"check the row-level security policies of {ANALYSIS_TABLE}"
-        )
+def _saved(row: Mapping[str, Any], session_id: str) -> StoredAnalysis:
     logger.debug("Saved the analysis of session %s via psycopg", session_id)
     return row_to_stored(row)
+
+
+def _hidden_row_error(session_id: str, role: str) -> ConfigurationError:
+    # An RLS policy can let the insert through yet hide the row from
+    # RETURNING's implicit select.
+    return ConfigurationError(
+        f"saving the analysis of session {session_id} returned no row: "
+        f"role {role} may write {ANALYSIS_TABLE} but not read it "
+        "back, so every view would compute again; check the row-level "
+        f"security policies of {ANALYSIS_TABLE}",
+        session_id=session_id,
+    )
 
 
 def _invalidate_query(
@@ -413,9 +467,13 @@ def _store_error(
     table: str,
     session_id: str | None,
     function: str | None,
+    closed: bool,
+    role: str | None,
 ) -> SalesAICacheError:
     """
-    Return the library exception for a failed psycopg call.
+    Return the library exception for a failed psycopg call; ``closed`` says
+    whether the connection is closed, ``role`` names the role in a
+    permission error.
     """
     if isinstance(error, psycopg.OperationalError):
         # A broken socket has no SQLSTATE, so the message names the
@@ -426,6 +484,9 @@ def _store_error(
             f"({type(error).__name__}: {_first_line(error)}); check that the "
             "server is reachable, then retry with a new connection",
             code=error.sqlstate,
+            # On a closed connection every retry fails the same way.
+            retryable=not closed
+            and (error.sqlstate is None or is_transient_store_code(error.sqlstate)),
         )
     logger.debug("%s failed with SQLSTATE %s", action, error.sqlstate)
     diag_message = error.diag.message_primary if error.diag else None
@@ -436,6 +497,7 @@ def _store_error(
         table=table,
         session_id=session_id,
         function=function,
+        role=role,
     )
 
 

@@ -4,9 +4,13 @@ AnalysisStore over Supabase's REST API (PostgREST), through supabase-py.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from postgrest import (
@@ -23,7 +27,12 @@ from postgrest.base_request_builder import SingleAPIResponse
 from supabase import Client
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
-from ..exceptions import CacheStoreError, SalesAICacheError, SessionNotFoundError
+from ..exceptions import (
+    CacheStoreError,
+    ConfigurationError,
+    SalesAICacheError,
+    SessionNotFoundError,
+)
 from ._rows import (
     ANALYSIS_COLUMNS,
     ANALYSIS_TABLE,
@@ -50,6 +59,10 @@ _FUNCTION_TABLES = f"{ANALYSIS_TABLE} and {CLAIMS_TABLE}"
 # Built by value: with mypy's target of Python 3.10, which lacks
 # enum.StrEnum, the members of these enums type as plain str.
 _MINIMAL = ReturnMethod("minimal")
+# The longest request URL that get_many sends, in bytes once percent-encoded.
+# 8 KB is the limit this library documents, chosen as a common request-line
+# limit of proxies in front of PostgREST (an estimate, not a PostgREST limit).
+MAX_URL_BYTES = 8192
 _EXACT = CountMethod("exact")
 
 
@@ -99,6 +112,44 @@ class SupabaseStore:
             "Read %d analysis rows of session %s via PostgREST", len(rows), session_id
         )
         return row_to_stored(rows[0]) if rows else None
+
+    def fetch_many(self, session_ids: Sequence[str]) -> list[StoredAnalysis]:
+        """
+        Return the stored analyses of the given sessions, in no particular
+        order; sessions without one are left out.
+
+        The ids go in ``session_id=in.(...)`` filters, split over as few GET
+        requests as keep each percent-encoded URL within ``MAX_URL_BYTES``.
+
+        Raises:
+            CacheStoreError: a request failed, or one id alone makes the URL
+                too long (the project URL is then very long).
+        """
+        stored: list[StoredAnalysis] = []
+        for chunk in _chunks(session_ids, self._url_bytes):
+            request = (
+                self._table(ANALYSIS_TABLE)
+                .select(_SELECT)
+                .in_("session_id", chunk)
+                .retry(False)
+            )
+            response = self._execute(
+                request.execute,
+                action=f"reading the analyses of {len(chunk)} sessions",
+                table=ANALYSIS_TABLE,
+            )
+            stored.extend(row_to_stored(row) for row in _row_list(response))
+        logger.debug(
+            "Read %d analyses of %d sessions via PostgREST",
+            len(stored),
+            len(session_ids),
+        )
+        return stored
+
+    def _url_bytes(self, session_ids: list[str]) -> int:
+        return _url_bytes(
+            self._table(ANALYSIS_TABLE).select(_SELECT).in_("session_id", session_ids)
+        )
 
     def fetch_by_conversation(self, conversation_id: str) -> StoredAnalysis | None:
         """
@@ -221,7 +272,7 @@ class SupabaseStore:
             session_id=session_id,
             function=SAVE_FUNCTION,
         )
-        return _saved(response, session_id)
+        return _saved(response, session_id, self._role)
 
     def release(self, session_id: str, claimant: str) -> None:
         """
@@ -282,6 +333,13 @@ class SupabaseStore:
         builder.retry(False)
         return builder
 
+    def _role(self) -> str:
+        """
+        Return the ``role`` claim of the JWT that requests carry, for error
+        messages; the token itself is never shown.
+        """
+        return _role_of(self._table(ANALYSIS_TABLE).headers)
+
     def _execute(
         self,
         call: Callable[[], _T],
@@ -300,6 +358,7 @@ class SupabaseStore:
                 table=table,
                 session_id=session_id,
                 function=function,
+                role=self._role,
             ) from error
 
 
@@ -310,9 +369,11 @@ def _request_error(
     table: str,
     session_id: str | None,
     function: str | None,
+    role: Callable[[], str],
 ) -> SalesAICacheError:
     """
-    Return the library exception for a failed PostgREST request.
+    Return the library exception for a failed PostgREST request; ``role``
+    is asked for the requests' role only to name it in a permission error.
     """
     if isinstance(error, APIError):
         logger.debug("%s failed with PostgREST code %s", action, error.code)
@@ -324,6 +385,7 @@ def _request_error(
             session_id=session_id,
             schema_cache=True,
             function=function,
+            role=role() if error.code == "42501" else None,
         )
     # The message names the host only: the URL's query holds filter values
     # and the headers hold the API key.
@@ -331,7 +393,10 @@ def _request_error(
     return CacheStoreError(
         f"{action} failed: could not reach {host} "
         f"({type(error).__name__}); check the project URL and the network, "
-        "then retry"
+        "then retry",
+        # A timeout or a dropped connection may pass next time; an invalid
+        # URL or a refused TLS handshake will not either way.
+        retryable=isinstance(error, httpx.TransportError),
     )
 
 
@@ -393,15 +458,19 @@ def _looked_up(response: APIResponse, session_id: str) -> Lookup:
     return found
 
 
-def _saved(response: APIResponse, session_id: str) -> StoredAnalysis:
+def _saved(
+    response: APIResponse, session_id: str, role: Callable[[], str]
+) -> StoredAnalysis:
     rows = _row_list(response)
     if not rows:
         # The function returns no row when an RLS policy lets the write
         # through but hides the row from the same role's SELECT.
-        raise CacheStoreError(
+        raise ConfigurationError(
             f"saving the analysis of session {session_id} returned no row: "
-            f"the role may write {ANALYSIS_TABLE} but not read it back; "
-            "check the select policy in sql/policies.sql"
+            f"role {role()} may write {ANALYSIS_TABLE} but not read "
+            "it back, so every view would compute again; check the select "
+            "policy in sql/policies.sql or use the service-role key",
+            session_id=session_id,
         )
     logger.debug("Saved the analysis of session %s via PostgREST", session_id)
     return row_to_stored(rows[0])
@@ -423,6 +492,71 @@ def _deleted(response: APIResponse) -> int:
         )
     logger.debug("Invalidated %d analyses via PostgREST", response.count)
     return response.count
+
+
+def _role_of(headers: Mapping[str, Any]) -> str:
+    """
+    Return the ``role`` claim of the JWT in request ``headers``, for error
+    messages; the token itself is never shown.
+    """
+    token = str(headers.get("authorization", "")).removeprefix("Bearer ")
+    return (
+        _jwt_role(token)
+        or _jwt_role(str(headers.get("apikey", "")))
+        or ("unknown (the key is not a JWT)")
+    )
+
+
+def _jwt_role(token: str) -> str | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(payload)
+    except (binascii.Error, ValueError):
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None
+
+
+def _chunks(
+    session_ids: Sequence[str], url_bytes: Callable[[list[str]], int]
+) -> Iterator[list[str]]:
+    """
+    Split ``session_ids`` into the longest runs whose request URL, as
+    ``url_bytes`` measures it, stays within ``MAX_URL_BYTES``.
+    """
+    pending = list(session_ids)
+    while pending:
+        chunk = [pending.pop(0)]
+        size = url_bytes(chunk)
+        if size > MAX_URL_BYTES:
+            raise CacheStoreError(
+                f"reading the analysis of session {chunk[0]} would need a "
+                f"URL longer than {MAX_URL_BYTES} bytes: shorten the project "
+                "URL"
+            )
+        # Each further id adds an encoded comma and itself; the estimate
+        # is checked against the real URL below.
+        while pending:
+            step = len("%2C") + len(quote(pending[0], safe=""))
+            if size + step > MAX_URL_BYTES:
+                break
+            size += step
+            chunk.append(pending.pop(0))
+        while len(chunk) > 1 and url_bytes(chunk) > MAX_URL_BYTES:
+            pending.insert(0, chunk.pop())
+        yield chunk
+
+
+def _url_bytes(builder: Any) -> int:
+    """
+    Return the length of the URL that httpx would send for ``builder``.
+    """
+    config = builder.request
+    url = httpx.URL(str(config.path), params=config.params)
+    return len(str(url).encode("ascii"))
 
 
 def _has_request(error: httpx.HTTPError) -> bool:

@@ -1,0 +1,177 @@
+"""
+RetryingStore: any AnalysisStore with transient failures retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import tenacity
+
+from .._models import Lookup, StoredAnalysis, TokenUsage
+from .._protocols import AnalysisStore
+from .._retry import STORE_RETRY, RetryPolicy, is_transient
+
+__all__ = ["RetryingStore"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class RetryingStore:
+    """
+    Wraps a store and retries its calls that fail with a ``CacheStoreError``
+    whose ``retryable`` is true: a lost connection, a timeout, an overloaded
+    server or a 5xx reply. Permanent errors pass through at once.
+
+    Each retried call is idempotent. Reads are. ``save`` is an upsert on
+    ``session_id`` of the same values. ``lookup`` may have taken the claim
+    before its reply was lost; the retry sends the same claimant, which
+    ``salesai_lookup_analysis`` lets re-take its own claim, so it claims
+    again instead of waiting for itself. ``release`` deletes only this
+    claimant's claim. ``invalidate`` is not retried: a delete that committed
+    before its reply was lost would report 0 rows the second time.
+
+    Args:
+        store: the store to wrap.
+        policy: the attempts, waits and deadline.
+        sleep: what waits between attempts.
+    """
+
+    def __init__(
+        self,
+        store: AnalysisStore,
+        policy: RetryPolicy = STORE_RETRY,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._sleep = sleep
+
+    @property
+    def inner(self) -> AnalysisStore:
+        """
+        The wrapped store.
+        """
+        return self._store
+
+    def retried(self, action: str, call: Callable[[], _T]) -> _T:
+        """
+        Run ``call``, a read or another idempotent operation on the wrapped
+        store, retried like the store's own methods; ``action`` names it in
+        the retry log lines.
+        """
+        return self._call(action, call)
+
+    def _call(self, name: str, call: Callable[[], _T]) -> _T:
+        retrying = tenacity.Retrying(
+            sleep=self._sleep,
+            **self._policy.tenacity_kwargs(is_transient, name=name),
+        )
+        for attempt in retrying:
+            with attempt:
+                return call()
+        raise AssertionError("unreachable")  # pragma: no cover  (tenacity raises)
+
+    def fetch(self, session_id: str) -> StoredAnalysis | None:
+        """
+        ``AnalysisStore.fetch``, retried.
+        """
+        return self._call(
+            f"Reading the analysis of session {session_id}",
+            lambda: self._store.fetch(session_id),
+        )
+
+    def fetch_by_conversation(self, conversation_id: str) -> StoredAnalysis | None:
+        """
+        ``AnalysisStore.fetch_by_conversation``, retried.
+        """
+        return self._call(
+            "Looking up an analysis by conversation id",
+            lambda: self._store.fetch_by_conversation(conversation_id),
+        )
+
+    def fetch_transcript(self, session_id: str) -> Any:
+        """
+        ``AnalysisStore.fetch_transcript``, retried.
+        """
+        return self._call(
+            f"Reading the transcript of session {session_id}",
+            lambda: self._store.fetch_transcript(session_id),
+        )
+
+    def lookup(
+        self,
+        session_id: str,
+        transcript_hash: str,
+        analysis_version: str,
+        claimant: str,
+        lease_seconds: float,
+        *,
+        force: bool = False,
+    ) -> Lookup:
+        """
+        ``AnalysisStore.lookup``, retried with the same claimant.
+        """
+        return self._call(
+            f"Looking up the analysis of session {session_id}",
+            lambda: self._store.lookup(
+                session_id,
+                transcript_hash,
+                analysis_version,
+                claimant,
+                lease_seconds,
+                force=force,
+            ),
+        )
+
+    def save(
+        self,
+        session_id: str,
+        analysis: dict[str, Any],
+        model: str,
+        usage: TokenUsage,
+        *,
+        transcript_hash: str | None = None,
+        analysis_version: str | None = None,
+        claimant: str | None = None,
+    ) -> StoredAnalysis:
+        """
+        ``AnalysisStore.save``, retried: the upsert writes the same row again.
+        """
+        return self._call(
+            f"Saving the analysis of session {session_id}",
+            lambda: self._store.save(
+                session_id,
+                analysis,
+                model,
+                usage,
+                transcript_hash=transcript_hash,
+                analysis_version=analysis_version,
+                claimant=claimant,
+            ),
+        )
+
+    def release(self, session_id: str, claimant: str) -> None:
+        """
+        ``AnalysisStore.release``, retried.
+        """
+        self._call(
+            f"Releasing the claim on session {session_id}",
+            lambda: self._store.release(session_id, claimant),
+        )
+
+    def invalidate(
+        self,
+        session_id: str | None = None,
+        analysis_version: str | None = None,
+    ) -> int:
+        """
+        ``AnalysisStore.invalidate``, not retried.
+        """
+        return self._store.invalidate(session_id, analysis_version)
