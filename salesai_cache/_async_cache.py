@@ -9,7 +9,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -19,15 +19,23 @@ from ._analyzers.threaded import ThreadedAnalyzer
 from ._async_protocols import AsyncAnalysisStore, AsyncAnalyzer
 from ._async_singleflight import AsyncSingleFlight
 from ._core import (
+    PENDING_WRITE_ERRORS,
     STORE_METHODS,
+    BatchResult,
+    PendingWrite,
+    WriteMemory,
     _new_claimant,
     _stored_within,
     _with_status,
+    build_batch,
     build_miss,
     check_conversation_id,
     check_durations,
     check_invalidate,
+    check_max_pending,
+    check_session_ids,
     client_kind,
+    hidden_error,
     log_found,
     parse_stored_transcript,
     read_stored,
@@ -42,8 +50,16 @@ from ._models import (
     validate_session_id,
 )
 from ._protocols import Analyzer
+from ._retry import STORE_RETRY, RetryPolicy
+from ._stats import CacheStats, ModelPrice, StatsRecorder
+from ._stores._retrying import AsyncRetryingStore
 from ._transcripts import TranscriptInput, parse_transcript
-from .exceptions import ClaimTimeoutError
+from .exceptions import (
+    CacheStoreError,
+    ClaimTimeoutError,
+    ConfigurationError,
+    SessionNotFoundError,
+)
 
 __all__ = ["AsyncAnalysisCache"]
 
@@ -87,7 +103,8 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
     Raises:
         TypeError: ``client`` is none of the accepted types, such as a sync
             client.
-        InvalidInputError: a duration is not positive.
+        InvalidInputError: a duration is not positive, or
+            ``max_pending_writes`` is below 1.
     """
 
     def __init__(
@@ -99,6 +116,9 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         wait_timeout: float | None = None,
         poll_interval: float = 0.02,
         max_poll_interval: float = 0.25,
+        prices: Mapping[str, ModelPrice] | None = None,
+        store_retry: RetryPolicy = STORE_RETRY,
+        max_pending_writes: int = 100,
     ) -> None:
         check_durations(
             lease_seconds=lease_seconds,
@@ -106,7 +126,11 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,
         )
+        check_max_pending(max_pending_writes)
         self._store = _make_async_store(client)
+        self._io = AsyncRetryingStore(self._store, store_retry)
+        self._memory: WriteMemory[AnalysisT] = WriteMemory(max_pending_writes, logger)
+        self._stats = StatsRecorder(prices)
         self._analyzer = _async_analyzer(analyzer)
         self._lease_seconds = lease_seconds
         self._wait_timeout = (
@@ -218,6 +242,35 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         return self._store
 
     @property
+    def pending_writes(self) -> int:
+        """
+        How many computed analyses wait in memory for their database write.
+        """
+        return self._memory.pending_count()
+
+    async def flush_pending(self) -> int:
+        """
+        Write every analysis whose database write failed earlier, such as
+        from the application's shutdown (a lifespan's exit), so that
+        analyses paid for reach the database.
+
+        Returns:
+            The number written; those still failing stay pending and are
+            logged at WARNING.
+        """
+        written = 0
+        for session_id in self._memory.pending_sessions():
+            written += await self._write_pending(session_id)
+        return written
+
+    def stats(self) -> CacheStats:
+        """
+        Return a snapshot of what this cache did since it was created, as
+        ``AnalysisCache.stats`` counts it.
+        """
+        return self._stats.snapshot()
+
+    @property
     def analyzer(self) -> AsyncAnalyzer[AnalysisT]:
         """
         The analyzer called on a miss (a sync one wrapped in
@@ -242,17 +295,25 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             SessionNotFoundError: the session row does not exist.
             AnalyzerError: the analyzer failed; nothing was stored.
             ClaimTimeoutError: another worker held the claim too long.
-            CacheStoreError: the database call failed.
+            CacheStoreError: a database call failed after its retries. When
+                only the write of a computed analysis fails, the analysis is
+                returned (status ``MISS``) and kept in memory to write later.
+            ConfigurationError: the database accepted the write but hides
+                the stored analysis from this role.
             asyncio.CancelledError: the call was cancelled; its claim is
                 released and nothing was stored.
         """
         key = validate_session_id(session_id)
         turns = await self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
+        pending = await self._serve_pending(key, fingerprint)
+        if pending is not None:
+            return pending
         if allow_stale:
-            served = self._read(await self._store.fetch(key), fingerprint)
+            served = self._read(await self._io.fetch(key), fingerprint)
             if served is not None:
                 log_found(logger, served)
+                self._stats.record(served)
                 return served
 
         async def obtain() -> AnalysisResult[AnalysisT]:
@@ -261,7 +322,10 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         flight = (key, fingerprint, self._analyzer.analysis_version)
         result, shared = await self._flights.run(flight, obtain)
         if shared and result.status is CacheStatus.MISS:
-            return _with_status(result, CacheStatus.WAITED)
+            result = _with_status(result, CacheStatus.WAITED)
+        if result.status is not CacheStatus.MISS:
+            # The caller that computed counted its miss in _obtain.
+            self._stats.record(result)
         return result
 
     async def refresh(
@@ -283,7 +347,10 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
         result, shared = await self._flights.run(flight, obtain)
         if shared and result.status is CacheStatus.MISS:
-            return _with_status(result, CacheStatus.WAITED)
+            result = _with_status(result, CacheStatus.WAITED)
+        if result.status is not CacheStatus.MISS:
+            # The caller that computed counted its miss in _obtain.
+            self._stats.record(result)
         return result
 
     async def invalidate(
@@ -304,7 +371,8 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         """
         check_invalidate(session_id, analysis_version)
         key = None if session_id is None else validate_session_id(session_id)
-        deleted = await self._store.invalidate(key, analysis_version)
+        deleted = await self._io.invalidate(key, analysis_version)
+        self._memory.forget(key)
         logger.info(
             "Invalidated %d cached analyses (session %s, analysis version %s)",
             deleted,
@@ -326,7 +394,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         fingerprint = None
         if transcript is not None:
             fingerprint = transcript_hash(parse_transcript(transcript))
-        return self._read(await self._store.fetch(key), fingerprint)
+        return self._read(await self._io.fetch(key), fingerprint)
 
     async def get_by_conversation(
         self, conversation_id: str
@@ -340,18 +408,43 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             InvalidInputError: ``conversation_id`` is not a non-empty string.
         """
         check_conversation_id(conversation_id)
-        stored = await self._store.fetch_by_conversation(conversation_id)
+        stored = await self._io.fetch_by_conversation(conversation_id)
         cached = self._read(stored, None)
         if cached is not None:
             log_found(logger, cached)
         return cached
+
+    async def get_many(self, session_ids: Iterable[object]) -> BatchResult[AnalysisT]:
+        """
+        Return the stored analyses of many sessions without computing any
+        (see ``AnalysisCache.get_many``).
+
+        Raises:
+            InvalidInputError: ``session_ids`` is a string, or an id is not a
+                UUID; raised before any request.
+            CacheStoreError: the database call failed.
+        """
+        keys = check_session_ids(session_ids)
+        if not keys:
+            return BatchResult()
+        fetch_many = getattr(self._store, "fetch_many", None)
+        if callable(fetch_many):
+            rows: list[StoredAnalysis] = await self._io.retried(
+                f"Reading the analyses of {len(keys)} sessions",
+                lambda: fetch_many(keys),
+            )
+        else:
+            # A custom store without fetch_many: one lookup per session.
+            fetched = [await self._io.fetch(key) for key in keys]
+            rows = [row for row in fetched if row is not None]
+        return build_batch(keys, rows, lambda row: self._read(row, None), logger)
 
     async def _turns(
         self, session_id: str, transcript: TranscriptInput | None
     ) -> tuple[Turn, ...]:
         if transcript is not None:
             return parse_transcript(transcript)
-        raw = await self._store.fetch_transcript(session_id)
+        raw = await self._io.fetch_transcript(session_id)
         return parse_stored_transcript(session_id, raw)
 
     async def _obtain(
@@ -374,7 +467,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         force_claim = force
         while True:
             try:
-                lookup = await self._store.lookup(
+                lookup = await self._io.lookup(
                     session_id,
                     fingerprint,
                     version,
@@ -387,7 +480,16 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
                 await self._release_shielded(session_id, claimant)
                 raise
             if lookup.claimed:
-                return await self._compute(session_id, turns, fingerprint, claimant)
+                verify = lookup.stored is None and await self._suspect_hidden(
+                    session_id, fingerprint, claimant
+                )
+                computed = await self._compute(
+                    session_id, turns, fingerprint, claimant, verify=verify
+                )
+                self._stats.record(
+                    computed, stale=not force and lookup.stored is not None
+                )
+                return computed
 
             stored = lookup.stored
             if lookup.fresh and stored is not None:
@@ -427,6 +529,8 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         turns: Sequence[Turn],
         fingerprint: str,
         claimant: str,
+        *,
+        verify: bool = False,
     ) -> AnalysisResult[AnalysisT]:
         logger.debug("Computing the analysis of session %s", session_id)
         started = time.perf_counter()
@@ -443,20 +547,63 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             time.perf_counter() - started,
         )
         version = self._analyzer.analysis_version
+        write = PendingWrite(output, fingerprint, version)
         try:
-            stored = await self._store.save(
-                session_id,
-                output.analysis.model_dump(mode="json"),
-                output.model,
-                output.usage,
-                transcript_hash=fingerprint,
-                analysis_version=version,
-                claimant=claimant,
+            stored = await self._io.save(
+                session_id, **write.save_arguments(), claimant=claimant
             )
+        except (ConfigurationError, SessionNotFoundError):
+            await self._release_shielded(session_id, claimant)
+            raise
+        except CacheStoreError as error:
+            # The analysis is paid for and valid: serve it, and keep it to
+            # write on the next request for the session or flush_pending().
+            await self._release_shielded(session_id, claimant)
+            self._memory.keep(session_id, write, error)
+            return write.result(session_id, CacheStatus.MISS)
         except BaseException:
             await self._release_shielded(session_id, claimant)
             raise
+        self._memory.saved(session_id, fingerprint, version)
+        if verify and await self._io.fetch(session_id) is None:
+            raise self._memory.hide(session_id)
         return build_miss(session_id, output, stored, fingerprint, version)
+
+    # _suspect_hidden, _serve_pending and _write_pending mirror those of
+    # AnalysisCache line for line; they are separate because the store calls
+    # are awaited. The decisions are WriteMemory's, shared by both.
+
+    async def _suspect_hidden(
+        self, session_id: str, fingerprint: str, claimant: str
+    ) -> bool:
+        hidden, suspect = self._memory.suspect_hidden(
+            session_id, fingerprint, self._analyzer.analysis_version
+        )
+        if hidden:
+            await self._release_shielded(session_id, claimant)
+            raise hidden_error(session_id)
+        return suspect
+
+    async def _serve_pending(
+        self, session_id: str, fingerprint: str
+    ) -> AnalysisResult[AnalysisT] | None:
+        write = self._memory.pending(session_id)
+        if write is None:
+            return None
+        await self._write_pending(session_id)
+        return self._memory.serve(
+            session_id, write, fingerprint, self._analyzer.analysis_version
+        )
+
+    async def _write_pending(self, session_id: str) -> bool:
+        write = self._memory.pending(session_id)
+        if write is None:
+            return False
+        try:
+            await self._io.save(session_id, **write.save_arguments())
+        except PENDING_WRITE_ERRORS as error:
+            return self._memory.written(session_id, write, error)
+        return self._memory.written(session_id, write, None)
 
     async def _release_shielded(self, session_id: str, claimant: str) -> None:
         """
@@ -474,7 +621,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
 
     async def _release_quietly(self, session_id: str, claimant: str) -> None:
         try:
-            await self._store.release(session_id, claimant)
+            await self._io.release(session_id, claimant)
         except Exception as error:
             # The claim then expires with its lease; the original error matters.
             logger.warning(

@@ -5,21 +5,21 @@ AnalysisCache: get-or-compute of conversation analyses over a database.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from ._core import (
-    MAX_REMEMBERED,
+    PENDING_WRITE_ERRORS,
     BatchResult,
     PendingWrite,
+    WriteMemory,
     _new_claimant,
     _stored_within,
     _with_status,
+    build_batch,
     build_miss,
     check_conversation_id,
     check_durations,
@@ -136,14 +136,7 @@ class AnalysisCache(Generic[AnalysisT]):
         self._store = _make_store(client)
         self._io = RetryingStore(self._store, store_retry)
         self._analyzer = analyzer
-        self._max_pending = max_pending_writes
-        self._pending: OrderedDict[str, PendingWrite[AnalysisT]] = OrderedDict()
-        # Sessions this cache stored, with their fingerprints: a lookup that
-        # then finds nothing points at a policy that hides the rows.
-        self._saved: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        # Sessions whose analysis was not readable right after its write.
-        self._hidden: set[str] = set()
-        self._memory_lock = threading.Lock()
+        self._memory: WriteMemory[AnalysisT] = WriteMemory(max_pending_writes, logger)
         self._lease_seconds = lease_seconds
         self._wait_timeout = (
             lease_seconds + 10.0 if wait_timeout is None else wait_timeout
@@ -165,8 +158,7 @@ class AnalysisCache(Generic[AnalysisT]):
         """
         How many computed analyses wait in memory for their database write.
         """
-        with self._memory_lock:
-            return len(self._pending)
+        return self._memory.pending_count()
 
     def flush_pending(self) -> int:
         """
@@ -178,8 +170,7 @@ class AnalysisCache(Generic[AnalysisT]):
             The number written; those still failing stay pending and are
             logged at WARNING.
         """
-        with self._memory_lock:
-            sessions = list(self._pending)
+        sessions = self._memory.pending_sessions()
         return sum(1 for session_id in sessions if self._write_pending(session_id))
 
     @property
@@ -296,13 +287,7 @@ class AnalysisCache(Generic[AnalysisT]):
         check_invalidate(session_id, analysis_version)
         key = None if session_id is None else validate_session_id(session_id)
         deleted = self._io.invalidate(key, analysis_version)
-        with self._memory_lock:
-            if key is None:
-                self._saved.clear()
-                self._hidden.clear()
-            else:
-                self._saved.pop(key, None)
-                self._hidden.discard(key)
+        self._memory.forget(key)
         logger.info(
             "Invalidated %d cached analyses (session %s, analysis version %s)",
             deleted,
@@ -388,21 +373,7 @@ class AnalysisCache(Generic[AnalysisT]):
         else:
             # A custom store without fetch_many: one lookup per session.
             rows = [row for row in map(self._io.fetch, keys) if row is not None]
-        by_id = {row.session_id: row for row in rows}
-        found: dict[str, AnalysisResult[AnalysisT]] = {}
-        missing: list[str] = []
-        for key in keys:
-            result = self._read(by_id.get(key), None)
-            if result is None:
-                missing.append(key)
-            else:
-                found[key] = result
-        logger.debug(
-            "Read %d of %d requested analyses from the database",
-            len(found),
-            len(keys),
-        )
-        return BatchResult(found=found, missing=missing)
+        return build_batch(keys, rows, lambda row: self._read(row, None), logger)
 
     def stats(self) -> CacheStats:
         """
@@ -516,13 +487,7 @@ class AnalysisCache(Generic[AnalysisT]):
         write = PendingWrite(output, fingerprint, version)
         try:
             stored = self._io.save(
-                session_id,
-                output.analysis.model_dump(mode="json"),
-                output.model,
-                output.usage,
-                transcript_hash=fingerprint,
-                analysis_version=version,
-                claimant=claimant,
+                session_id, **write.save_arguments(), claimant=claimant
             )
         except (ConfigurationError, SessionNotFoundError):
             self._release_quietly(session_id, claimant)
@@ -531,23 +496,14 @@ class AnalysisCache(Generic[AnalysisT]):
             # The analysis is paid for and valid: serve it, and keep it to
             # write on the next request for the session or flush_pending().
             self._release_quietly(session_id, claimant)
-            self._keep_pending(session_id, write)
-            logger.warning(
-                "Could not store the analysis of session %s (%s, code %s); "
-                "serving it and keeping it in memory to write later",
-                session_id,
-                type(error).__name__,
-                error.code,
-            )
+            self._memory.keep(session_id, write, error)
             return write.result(session_id, CacheStatus.MISS)
         except BaseException:
             self._release_quietly(session_id, claimant)
             raise
-        self._remember_saved(session_id, fingerprint, version)
+        self._memory.saved(session_id, fingerprint, version)
         if verify and self._io.fetch(session_id) is None:
-            with self._memory_lock:
-                self._hidden.add(session_id)
-            raise hidden_error(session_id)
+            raise self._memory.hide(session_id)
         return build_miss(session_id, output, stored, fingerprint, version)
 
     def _suspect_hidden(self, session_id: str, fingerprint: str, claimant: str) -> bool:
@@ -560,36 +516,13 @@ class AnalysisCache(Generic[AnalysisT]):
         apart. A session whose read-back came back empty raises
         ``ConfigurationError`` at once, without a model call.
         """
-        version = self._analyzer.analysis_version
-        with self._memory_lock:
-            hidden = session_id in self._hidden
-            suspect = self._saved.get(session_id) == (fingerprint, version)
+        hidden, suspect = self._memory.suspect_hidden(
+            session_id, fingerprint, self._analyzer.analysis_version
+        )
         if hidden:
             self._release_quietly(session_id, claimant)
             raise hidden_error(session_id)
         return suspect
-
-    def _remember_saved(self, session_id: str, fingerprint: str, version: str) -> None:
-        with self._memory_lock:
-            self._saved[session_id] = (fingerprint, version)
-            self._saved.move_to_end(session_id)
-            while len(self._saved) > MAX_REMEMBERED:
-                self._saved.popitem(last=False)
-
-    def _keep_pending(self, session_id: str, write: PendingWrite[AnalysisT]) -> None:
-        with self._memory_lock:
-            self._pending[session_id] = write
-            self._pending.move_to_end(session_id)
-            dropped = []
-            while len(self._pending) > self._max_pending:
-                dropped.append(self._pending.popitem(last=False)[0])
-        for lost in dropped:
-            logger.error(
-                "Dropped the unwritten analysis of session %s: more than %d "
-                "analyses wait for the database",
-                lost,
-                self._max_pending,
-            )
 
     def _serve_pending(
         self, session_id: str, fingerprint: str
@@ -598,62 +531,23 @@ class AnalysisCache(Generic[AnalysisT]):
         Write the pending analysis of a session, if any, before anything
         else; return it when it matches the request, written or not.
         """
-        with self._memory_lock:
-            write = self._pending.get(session_id)
+        write = self._memory.pending(session_id)
         if write is None:
             return None
         self._write_pending(session_id)
-        if (write.fingerprint, write.version) != (
-            fingerprint,
-            self._analyzer.analysis_version,
-        ):
-            # The request replaces it: writing it later could overwrite the
-            # newer analysis.
-            with self._memory_lock:
-                if self._pending.get(session_id) is write:
-                    del self._pending[session_id]
-            return None
-        logger.info(
-            "Found analysis in memory for session %s (its database write had failed)",
-            session_id,
+        return self._memory.serve(
+            session_id, write, fingerprint, self._analyzer.analysis_version
         )
-        return write.result(session_id, CacheStatus.HIT)
 
     def _write_pending(self, session_id: str) -> bool:
-        with self._memory_lock:
-            write = self._pending.get(session_id)
+        write = self._memory.pending(session_id)
         if write is None:
             return False
         try:
-            self._io.save(
-                session_id,
-                write.output.analysis.model_dump(mode="json"),
-                write.output.model,
-                write.output.usage,
-                transcript_hash=write.fingerprint,
-                analysis_version=write.version,
-            )
-        except SessionNotFoundError:
-            logger.warning(
-                "Dropped the unwritten analysis of session %s: the session "
-                "no longer exists",
-                session_id,
-            )
-        except (CacheStoreError, ConfigurationError) as error:
-            logger.warning(
-                "Could not write the pending analysis of session %s (%s); "
-                "keeping it in memory",
-                session_id,
-                type(error).__name__,
-            )
-            return False
-        else:
-            logger.info("Wrote the pending analysis of session %s", session_id)
-            self._remember_saved(session_id, write.fingerprint, write.version)
-        with self._memory_lock:
-            if self._pending.get(session_id) is write:
-                del self._pending[session_id]
-        return True
+            self._io.save(session_id, **write.save_arguments())
+        except PENDING_WRITE_ERRORS as error:
+            return self._memory.written(session_id, write, error)
+        return self._memory.written(session_id, write, None)
 
     def _release_quietly(self, session_id: str, claimant: str) -> None:
         try:

@@ -11,8 +11,10 @@ import datetime as dt
 import logging
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -27,13 +29,21 @@ from ._models import (
     validate_session_id,
 )
 from ._transcripts import parse_transcript
-from .exceptions import ConfigurationError, InvalidInputError
+from .exceptions import (
+    CacheStoreError,
+    ConfigurationError,
+    InvalidInputError,
+    SessionNotFoundError,
+)
 
 __all__ = [
     "MAX_REMEMBERED",
+    "PENDING_WRITE_ERRORS",
     "STORE_METHODS",
     "BatchResult",
     "PendingWrite",
+    "WriteMemory",
+    "build_batch",
     "build_miss",
     "check_conversation_id",
     "check_durations",
@@ -273,6 +283,31 @@ class BatchResult(Generic[AnalysisT]):
         return self.found.get(validate_session_id(session_id))
 
 
+def build_batch(
+    keys: Sequence[str],
+    rows: Iterable[StoredAnalysis],
+    read: Callable[[StoredAnalysis | None], AnalysisResult[AnalysisT] | None],
+    logger: logging.Logger,
+) -> BatchResult[AnalysisT]:
+    """
+    Return what ``get_many`` found: the fetched ``rows`` turned into results
+    by ``read``, in the order of ``keys``.
+    """
+    by_id = {row.session_id: row for row in rows}
+    found: dict[str, AnalysisResult[AnalysisT]] = {}
+    missing: list[str] = []
+    for key in keys:
+        result = read(by_id.get(key))
+        if result is None:
+            missing.append(key)
+        else:
+            found[key] = result
+    logger.debug(
+        "Read %d of %d requested analyses from the database", len(found), len(keys)
+    )
+    return BatchResult(found=found, missing=missing)
+
+
 def hidden_error(session_id: str) -> ConfigurationError:
     """
     Return the error for an analysis that was stored but cannot be read back.
@@ -286,6 +321,10 @@ def hidden_error(session_id: str) -> ConfigurationError:
         session_id=session_id,
     )
 
+
+# What writing a pending analysis may raise without losing it by mistake:
+# the write is kept for later, or dropped when its session is gone.
+PENDING_WRITE_ERRORS = (CacheStoreError, ConfigurationError, SessionNotFoundError)
 
 # Sessions remembered as stored by a cache, to tell hidden rows apart.
 MAX_REMEMBERED = 10_000
@@ -316,6 +355,191 @@ class PendingWrite(Generic[AnalysisT]):
             transcript_hash=self.fingerprint,
             analysis_version=self.version,
         )
+
+    def save_arguments(self) -> dict[str, Any]:
+        """
+        Return the keyword arguments of ``save`` that write this analysis.
+        """
+        return {
+            "analysis": self.output.analysis.model_dump(mode="json"),
+            "model": self.output.model,
+            "usage": self.output.usage,
+            "transcript_hash": self.fingerprint,
+            "analysis_version": self.version,
+        }
+
+
+class WriteMemory(Generic[AnalysisT]):
+    """
+    What a cache remembers of its writes, in memory and without I/O: the
+    analyses whose write failed (pending), the sessions it stored (so that
+    a lookup that then finds nothing points at hidden rows) and the
+    sessions whose read-back found nothing. ``AnalysisCache`` and
+    ``AsyncAnalysisCache`` each hold one; its lock is held only around
+    dictionary updates, never across I/O, so the async cache may take it.
+    """
+
+    def __init__(self, max_pending: int, logger: logging.Logger) -> None:
+        self._max_pending = max_pending
+        self._logger = logger
+        self._pending: OrderedDict[str, PendingWrite[AnalysisT]] = OrderedDict()
+        self._saved: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._hidden: set[str] = set()
+        self._lock = threading.Lock()
+
+    def pending_count(self) -> int:
+        """
+        Return how many analyses wait for their write.
+        """
+        with self._lock:
+            return len(self._pending)
+
+    def pending_sessions(self) -> list[str]:
+        """
+        Return the sessions with a pending write, oldest first.
+        """
+        with self._lock:
+            return list(self._pending)
+
+    def pending(self, session_id: str) -> PendingWrite[AnalysisT] | None:
+        """
+        Return the pending write of a session, or ``None``.
+        """
+        with self._lock:
+            return self._pending.get(session_id)
+
+    def keep(
+        self, session_id: str, write: PendingWrite[AnalysisT], error: CacheStoreError
+    ) -> None:
+        """
+        Keep an analysis whose write failed with ``error``, dropping the
+        oldest beyond the limit with an ERROR.
+        """
+        with self._lock:
+            self._pending[session_id] = write
+            self._pending.move_to_end(session_id)
+            dropped = []
+            while len(self._pending) > self._max_pending:
+                dropped.append(self._pending.popitem(last=False)[0])
+        self._logger.warning(
+            "Could not store the analysis of session %s (%s, code %s); "
+            "serving it and keeping it in memory to write later",
+            session_id,
+            type(error).__name__,
+            error.code,
+        )
+        for lost in dropped:
+            self._logger.error(
+                "Dropped the unwritten analysis of session %s: more than %d "
+                "analyses wait for the database",
+                lost,
+                self._max_pending,
+            )
+
+    def written(
+        self, session_id: str, write: PendingWrite[AnalysisT], error: Exception | None
+    ) -> bool:
+        """
+        Record the outcome of writing a pending analysis: ``error`` is
+        ``None`` when it was written, else one of ``PENDING_WRITE_ERRORS``.
+        Return whether it left memory.
+        """
+        if isinstance(error, SessionNotFoundError):
+            self._logger.warning(
+                "Dropped the unwritten analysis of session %s: the session "
+                "no longer exists",
+                session_id,
+            )
+        elif error is not None:
+            self._logger.warning(
+                "Could not write the pending analysis of session %s (%s); "
+                "keeping it in memory",
+                session_id,
+                type(error).__name__,
+            )
+            return False
+        else:
+            self._logger.info("Wrote the pending analysis of session %s", session_id)
+            self.saved(session_id, write.fingerprint, write.version)
+        self.discard(session_id, write)
+        return True
+
+    def discard(self, session_id: str, write: PendingWrite[AnalysisT]) -> None:
+        """
+        Forget the pending write of a session if it is still ``write``.
+        """
+        with self._lock:
+            if self._pending.get(session_id) is write:
+                del self._pending[session_id]
+
+    def serve(
+        self,
+        session_id: str,
+        write: PendingWrite[AnalysisT],
+        fingerprint: str,
+        version: str,
+    ) -> AnalysisResult[AnalysisT] | None:
+        """
+        Return a pending analysis (after its write was tried) as a ``HIT``
+        when it matches the request; otherwise forget it and return ``None``.
+        """
+        if (write.fingerprint, write.version) != (fingerprint, version):
+            # The request replaces it: writing it later could overwrite the
+            # newer analysis.
+            self.discard(session_id, write)
+            return None
+        self._logger.info(
+            "Found analysis in memory for session %s (its database write had failed)",
+            session_id,
+        )
+        return write.result(session_id, CacheStatus.HIT)
+
+    def saved(self, session_id: str, fingerprint: str, version: str) -> None:
+        """
+        Remember that this cache stored the analysis of a session.
+        """
+        with self._lock:
+            self._saved[session_id] = (fingerprint, version)
+            self._saved.move_to_end(session_id)
+            while len(self._saved) > MAX_REMEMBERED:
+                self._saved.popitem(last=False)
+
+    def hide(self, session_id: str) -> ConfigurationError:
+        """
+        Remember that a session's read-back found nothing; return the error.
+        """
+        with self._lock:
+            self._hidden.add(session_id)
+        return hidden_error(session_id)
+
+    def forget(self, session_id: str | None) -> None:
+        """
+        Forget what was stored for a session, or for all when ``None``.
+        """
+        with self._lock:
+            if session_id is None:
+                self._saved.clear()
+                self._hidden.clear()
+            else:
+                self._saved.pop(session_id, None)
+                self._hidden.discard(session_id)
+
+    def suspect_hidden(
+        self, session_id: str, fingerprint: str, version: str
+    ) -> tuple[bool, bool]:
+        """
+        Return whether a session is known hidden, and whether a lookup that
+        found nothing for it may be hidden: this cache stored an analysis
+        with the same fingerprints.
+
+        Another process may have deleted it (``invalidate``), so the caller
+        computes again and reads it back after the write, which tells the
+        two apart.
+        """
+        with self._lock:
+            hidden = session_id in self._hidden
+            suspect = self._saved.get(session_id) == (fingerprint, version)
+        return hidden, suspect
 
 
 def client_kind(client: Any) -> Literal["supabase", "psycopg", "store"] | None:
