@@ -5,10 +5,11 @@ model, as structured output.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import openai
@@ -428,13 +429,17 @@ class AsyncOpenAIAnalyzer(_OpenAIAnalyzerBase[openai.AsyncOpenAI]):
     """
     ``OpenAIAnalyzer`` over ``openai.AsyncOpenAI``, for ``AsyncAnalysisCache``.
 
-    Same request, analysis version, errors and arguments as
-    ``OpenAIAnalyzer``; an analysis stored by one is a hit for the other.
-    Cancelling ``analyze`` cancels the HTTP request.
+    Same request, analysis version, retries, size check, errors and
+    arguments as ``OpenAIAnalyzer``; an analysis stored by one is a hit for
+    the other. Waits between retries use ``sleep`` (``asyncio.sleep``), so
+    cancelling ``analyze`` cancels the HTTP request or the wait at once and
+    sends no further request.
 
     Raises:
         AnalyzerError: ``client`` is omitted and ``openai.AsyncOpenAI()``
             cannot be created, usually because ``OPENAI_API_KEY`` is not set.
+        InvalidInputError: ``max_transcript_tokens`` or ``output_retries`` is
+            out of range.
     """
 
     def __init__(
@@ -445,45 +450,77 @@ class AsyncOpenAIAnalyzer(_OpenAIAnalyzerBase[openai.AsyncOpenAI]):
         system_prompt: str | None = None,
         temperature: float | None = 0.2,
         max_completion_tokens: int | None = 4096,
+        max_transcript_tokens: int | None = 100_000,
+        retry: RetryPolicy = ANALYZER_RETRY,
+        output_retries: int = 1,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        _check_limits(max_transcript_tokens, output_retries)
         if client is None:
             try:
-                client = openai.AsyncOpenAI()
+                client = openai.AsyncOpenAI(max_retries=0)
             except openai.OpenAIError as error:
                 raise AnalyzerError(
                     f"cannot create an OpenAI client: {error}. Set OPENAI_API_KEY "
                     "or pass client=openai.AsyncOpenAI(api_key=...)"
                 ) from error
+        if client.max_retries:
+            _warn_sdk_retries(client.max_retries, type(self).__name__)
+            client = client.with_options(max_retries=0)
+        self._sleep = sleep
         super().__init__(
             client,
             model=model,
             system_prompt=system_prompt,
             temperature=temperature,
             max_completion_tokens=max_completion_tokens,
-            max_transcript_tokens=None,
-            retry=RetryPolicy(attempts=1),
-            output_retries=0,
+            max_transcript_tokens=max_transcript_tokens,
+            retry=retry,
+            output_retries=output_retries,
         )
+
+    # analyze and _send mirror OpenAIAnalyzer's; they are separate because
+    # the request and the waits are awaited. The retry settings, the request
+    # and the error classification are the base class's.
 
     async def analyze(
         self, transcript: Sequence[Turn]
     ) -> AnalyzerOutput[SalesCallAnalysis]:
         """
-        Analyse one conversation with a single chat completion request.
+        Analyse one conversation, as ``OpenAIAnalyzer.analyze`` does.
 
         Returns:
             As ``OpenAIAnalyzer.analyze``.
 
         Raises:
-            InvalidInputError: the transcript has no turns.
+            InvalidInputError: as ``OpenAIAnalyzer.analyze``.
             AnalyzerError: as ``OpenAIAnalyzer.analyze``.
         """
-        arguments = self._arguments(self._messages(transcript))
-        try:
-            completion = await self._client.chat.completions.parse(**arguments)
-        except _REQUEST_ERRORS as error:
-            raise self._request_error(error) from error
-        return self._output(completion)
+        messages = self._messages(transcript)
+        async for attempt in tenacity.AsyncRetrying(**self._output_retry_kwargs()):
+            with attempt:
+                return self._output(await self._send(messages))
+        raise AssertionError(
+            "unreachable: tenacity returns or raises"
+        )  # pragma: no cover
+
+    async def _send(
+        self, messages: list[ChatCompletionMessageParam]
+    ) -> ParsedChatCompletion[SalesCallAnalysis]:
+        retrying = tenacity.AsyncRetrying(
+            sleep=self._sleep, **self._request_retry_kwargs()
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    return await self._client.chat.completions.parse(
+                        **self._arguments(messages)
+                    )
+                except _REQUEST_ERRORS as error:
+                    raise self._request_error(error) from error
+        raise AssertionError(
+            "unreachable: tenacity returns or raises"
+        )  # pragma: no cover
 
 
 def _check_limits(max_transcript_tokens: int | None, output_retries: int) -> None:
