@@ -63,3 +63,20 @@ class AsyncCacheFacade:
 
     def get_by_conversation(self, *args: Any, **kwargs: Any) -> Any:
         return self._loop.run(self.cache.get_by_conversation(*args, **kwargs))
+
+    def get_many(self, *args: Any, **kwargs: Any) -> Any:
+        return self._loop.run(self.cache.get_many(*args, **kwargs))
+
+    def flush_pending(self) -> int:
+        return self._loop.run(self.cache.flush_pending())
+
+    @property
+    def pending_writes(self) -> int:
+        return self.cache.pending_writes
+
+    def stats(self) -> Any:
+        return self.cache.stats()
+
+    @property
+    def store(self) -> Any:
+        return self.cache.store
