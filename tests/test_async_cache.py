@@ -7,12 +7,15 @@ is in test_cache_behaviour.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import httpx2
+import openai
 import psycopg
 import pytest
 import respx
@@ -24,9 +27,11 @@ from pydantic import BaseModel, ConfigDict
 from salesai_cache import (
     AnalyzerOutput,
     AsyncAnalysisCache,
+    AsyncOpenAIAnalyzer,
     CacheStatus,
     ConversationMetrics,
     ConversationMetricsAnalyzer,
+    RetryPolicy,
     ThreadedAnalyzer,
     TokenUsage,
     Turn,
@@ -189,6 +194,53 @@ def test_cancel_stores_nothing(
 ) -> None:
     asyncio.run(cancel_computing(connect, session_id, SlowAnalyzer(30)))
     assert count(db, "salesai_analysis_results", session_id) == 0
+
+
+async def cancel_during_retry(
+    connect: Connect, session_id: str, sent: list[httpx2.Request]
+) -> None:
+    """
+    Compute with an OpenAI analyzer whose API is overloaded, and cancel the
+    call while the analyzer waits to retry.
+    """
+
+    def overloaded(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        body = {"error": {"message": "overloaded", "type": "server_error"}}
+        return httpx2.Response(503, json=body)
+
+    client = openai.AsyncOpenAI(
+        api_key="sk-test",
+        base_url="http://openai.test/v1",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(overloaded)),
+    )
+    # A long backoff: the cancellation arrives during the wait.
+    analyzer = AsyncOpenAIAnalyzer(
+        client, retry=RetryPolicy(initial_wait=30.0, jitter=0.0)
+    )
+    async with connect() as store_client:
+        cache = AsyncAnalysisCache(store_client, analyzer)
+        task = asyncio.create_task(cache.get_or_compute(session_id, TRANSCRIPT))
+        while not sent:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)
+
+
+def test_cancel_stops_retries(connect: Connect, session_id: str) -> None:
+    sent: list[httpx2.Request] = []
+    asyncio.run(cancel_during_retry(connect, session_id, sent))
+    assert len(sent) == 1
+
+
+def test_cancel_during_retry_releases_claim(
+    connect: Connect, db: psycopg.Connection[Any], session_id: str
+) -> None:
+    asyncio.run(cancel_during_retry(connect, session_id, []))
+    assert count(db, "salesai_analysis_claims", session_id) == 0
 
 
 def test_cancel_next_caller_computes(connect: Connect, session_id: str) -> None:
