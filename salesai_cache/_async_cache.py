@@ -26,7 +26,6 @@ from ._core import (
     WriteMemory,
     _new_claimant,
     _stored_within,
-    _with_status,
     build_batch,
     build_miss,
     check_conversation_id,
@@ -39,6 +38,7 @@ from ._core import (
     log_found,
     parse_stored_transcript,
     read_stored,
+    settle_flight,
     validate_stored,
 )
 from ._keys import transcript_hash
@@ -321,12 +321,8 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
 
         flight = (key, fingerprint, self._analyzer.analysis_version)
         result, shared = await self._flights.run(flight, obtain)
-        if shared and result.status is CacheStatus.MISS:
-            result = _with_status(result, CacheStatus.WAITED)
-        if result.status is not CacheStatus.MISS:
-            # The caller that computed counted its miss in _obtain.
-            self._stats.record(result)
-        return result
+        # The caller that computed counted its miss in _obtain.
+        return settle_flight(result, shared, self._stats)
 
     async def refresh(
         self, session_id: object, transcript: TranscriptInput | None = None
@@ -346,12 +342,8 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
 
         flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
         result, shared = await self._flights.run(flight, obtain)
-        if shared and result.status is CacheStatus.MISS:
-            result = _with_status(result, CacheStatus.WAITED)
-        if result.status is not CacheStatus.MISS:
-            # The caller that computed counted its miss in _obtain.
-            self._stats.record(result)
-        return result
+        # The caller that computed counted its miss in _obtain.
+        return settle_flight(result, shared, self._stats)
 
     async def invalidate(
         self,

@@ -18,7 +18,6 @@ from ._core import (
     WriteMemory,
     _new_claimant,
     _stored_within,
-    _with_status,
     build_batch,
     build_miss,
     check_conversation_id,
@@ -31,6 +30,7 @@ from ._core import (
     log_found,
     parse_stored_transcript,
     read_stored,
+    settle_flight,
     validate_stored,
 )
 from ._keys import transcript_hash
@@ -231,12 +231,8 @@ class AnalysisCache(Generic[AnalysisT]):
 
         flight = (key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
-        if shared and result.status is CacheStatus.MISS:
-            result = _with_status(result, CacheStatus.WAITED)
-        if result.status is not CacheStatus.MISS:
-            # The caller that computed counted its miss in _obtain.
-            self._stats.record(result)
-        return result
+        # The caller that computed counted its miss in _obtain.
+        return settle_flight(result, shared, self._stats)
 
     def refresh(
         self, session_id: object, transcript: TranscriptInput | None = None
@@ -259,12 +255,8 @@ class AnalysisCache(Generic[AnalysisT]):
 
         flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
-        if shared and result.status is CacheStatus.MISS:
-            result = _with_status(result, CacheStatus.WAITED)
-        if result.status is not CacheStatus.MISS:
-            # The caller that computed counted its miss in _obtain.
-            self._stats.record(result)
-        return result
+        # The caller that computed counted its miss in _obtain.
+        return settle_flight(result, shared, self._stats)
 
     def invalidate(
         self,

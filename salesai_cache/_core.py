@@ -28,6 +28,7 @@ from ._models import (
     Turn,
     validate_session_id,
 )
+from ._stats import StatsRecorder
 from ._transcripts import parse_transcript
 from .exceptions import (
     CacheStoreError,
@@ -55,6 +56,7 @@ __all__ = [
     "log_found",
     "parse_stored_transcript",
     "read_stored",
+    "settle_flight",
     "validate_stored",
 ]
 
@@ -281,6 +283,21 @@ class BatchResult(Generic[AnalysisT]):
             InvalidInputError: ``session_id`` is not a UUID.
         """
         return self.found.get(validate_session_id(session_id))
+
+
+def settle_flight(
+    result: AnalysisResult[AnalysisT], shared: bool, stats: StatsRecorder
+) -> AnalysisResult[AnalysisT]:
+    """
+    Return the result of an in-process flight as this caller sees it
+    (``WAITED`` when it shared another caller's compute), counting it in
+    ``stats`` unless it is the computing caller's miss, counted already.
+    """
+    if shared and result.status is CacheStatus.MISS:
+        result = _with_status(result, CacheStatus.WAITED)
+    if result.status is not CacheStatus.MISS:
+        stats.record(result)
+    return result
 
 
 def build_batch(

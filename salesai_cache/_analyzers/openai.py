@@ -356,17 +356,7 @@ class OpenAIAnalyzer(_OpenAIAnalyzerBase[openai.OpenAI]):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         _check_limits(max_transcript_tokens, output_retries)
-        if client is None:
-            try:
-                client = openai.OpenAI(max_retries=0)
-            except openai.OpenAIError as error:
-                raise AnalyzerError(
-                    f"cannot create an OpenAI client: {error}. Set OPENAI_API_KEY "
-                    "or pass client=openai.OpenAI(api_key=...)"
-                ) from error
-        if client.max_retries:
-            _warn_sdk_retries(client.max_retries, type(self).__name__)
-            client = client.with_options(max_retries=0)
+        client = _without_sdk_retries(client, openai.OpenAI, type(self).__name__)
         self._sleep = sleep
         super().__init__(
             client,
@@ -456,17 +446,7 @@ class AsyncOpenAIAnalyzer(_OpenAIAnalyzerBase[openai.AsyncOpenAI]):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         _check_limits(max_transcript_tokens, output_retries)
-        if client is None:
-            try:
-                client = openai.AsyncOpenAI(max_retries=0)
-            except openai.OpenAIError as error:
-                raise AnalyzerError(
-                    f"cannot create an OpenAI client: {error}. Set OPENAI_API_KEY "
-                    "or pass client=openai.AsyncOpenAI(api_key=...)"
-                ) from error
-        if client.max_retries:
-            _warn_sdk_retries(client.max_retries, type(self).__name__)
-            client = client.with_options(max_retries=0)
+        client = _without_sdk_retries(client, openai.AsyncOpenAI, type(self).__name__)
         self._sleep = sleep
         super().__init__(
             client,
@@ -535,13 +515,34 @@ def _check_limits(max_transcript_tokens: int | None, output_retries: int) -> Non
         )
 
 
-def _warn_sdk_retries(max_retries: int, analyzer: str) -> None:
+def _without_sdk_retries(
+    client: _ClientT | None, factory: type[_ClientT], analyzer: str
+) -> _ClientT:
+    """
+    Return ``client``, or a new ``factory`` client when it is ``None``, with
+    the SDK's own retries turned off.
+
+    Raises:
+        AnalyzerError: the client cannot be created, usually because
+            ``OPENAI_API_KEY`` is not set.
+    """
+    if client is None:
+        try:
+            return factory(max_retries=0)
+        except openai.OpenAIError as error:
+            raise AnalyzerError(
+                f"cannot create an OpenAI client: {error}. Set OPENAI_API_KEY "
+                f"or pass client=openai.{factory.__name__}(api_key=...)"
+            ) from error
+    if not client.max_retries:
+        return client
     # The SDK would retry inside each of the analyzer's attempts.
     warnings.warn(
-        f"the OpenAI client retries {max_retries} times; "
+        f"the OpenAI client retries {client.max_retries} times; "
         f"{analyzer} retries itself, so it sends with max_retries=0",
         stacklevel=3,
     )
+    return client.with_options(max_retries=0)
 
 
 def _invalid_output(error: BaseException) -> bool:
