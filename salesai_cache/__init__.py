@@ -1,8 +1,9 @@
 """
 Database-backed get-or-compute cache for AI analyses of sales conversations.
 
-``OpenAIAnalyzer``, ``SupabaseStore`` and ``PostgresStore`` are imported on
-first use, so ``import salesai_cache`` loads neither openai nor psycopg.
+``OpenAIAnalyzer``, ``SupabaseStore`` and ``PostgresStore`` (and their async
+counterparts) are imported on first use, so ``import salesai_cache`` loads
+neither openai nor psycopg.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._analyzers.metrics import ConversationMetrics, ConversationMetricsAnalyzer
 from ._analyzers.schemas import SalesCallAnalysis, SkillScores
+from ._analyzers.threaded import ThreadedAnalyzer
+from ._async_cache import AsyncAnalysisCache
+from ._async_protocols import AsyncAnalysisStore, AsyncAnalyzer
 from ._cache import AnalysisCache, BatchResult
 from ._models import (
     AnalysisResult,
@@ -38,7 +42,9 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from ._analyzers.openai import OpenAIAnalyzer
+    from ._analyzers.openai import AsyncOpenAIAnalyzer, OpenAIAnalyzer
+    from ._stores.async_postgres import AsyncPostgresStore
+    from ._stores.async_supabase import AsyncSupabaseStore
     from ._stores.postgres import PostgresStore
     from ._stores.supabase import SupabaseStore
 
@@ -50,6 +56,12 @@ __all__ = [
     "Analyzer",
     "AnalyzerError",
     "AnalyzerOutput",
+    "AsyncAnalysisCache",
+    "AsyncAnalysisStore",
+    "AsyncAnalyzer",
+    "AsyncOpenAIAnalyzer",
+    "AsyncPostgresStore",
+    "AsyncSupabaseStore",
     "BatchResult",
     "CacheStats",
     "CacheStatus",
@@ -71,6 +83,7 @@ __all__ = [
     "SkillScores",
     "StoredAnalysis",
     "SupabaseStore",
+    "ThreadedAnalyzer",
     "TokenUsage",
     "Turn",
     "__version__",
@@ -79,6 +92,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncOpenAIAnalyzer": "._analyzers.openai",
+    "AsyncPostgresStore": "._stores.async_postgres",
+    "AsyncSupabaseStore": "._stores.async_supabase",
     "OpenAIAnalyzer": "._analyzers.openai",
     "PostgresStore": "._stores.postgres",
     "SupabaseStore": "._stores.supabase",

@@ -4,25 +4,38 @@ AnalysisCache: get-or-compute of conversation analyses over a database.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import logging
-import os
-import socket
-import threading
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from ._core import (
+    PENDING_WRITE_ERRORS,
+    BatchResult,
+    PendingWrite,
+    WriteMemory,
+    _new_claimant,
+    _stored_within,
+    build_batch,
+    build_miss,
+    check_conversation_id,
+    check_durations,
+    check_invalidate,
+    check_max_pending,
+    check_session_ids,
+    client_kind,
+    hidden_error,
+    log_found,
+    parse_stored_transcript,
+    read_stored,
+    settle_flight,
+    validate_stored,
+)
 from ._keys import transcript_hash
 from ._models import (
     AnalysisResult,
-    AnalyzerOutput,
     CacheStatus,
     StoredAnalysis,
     Turn,
@@ -38,7 +51,6 @@ from .exceptions import (
     CacheStoreError,
     ClaimTimeoutError,
     ConfigurationError,
-    InvalidInputError,
     SessionNotFoundError,
 )
 
@@ -114,32 +126,17 @@ class AnalysisCache(Generic[AnalysisT]):
         store_retry: RetryPolicy = STORE_RETRY,
         max_pending_writes: int = 100,
     ) -> None:
-        for name, value in (
-            ("lease_seconds", lease_seconds),
-            ("wait_timeout", wait_timeout),
-            ("poll_interval", poll_interval),
-            ("max_poll_interval", max_poll_interval),
-        ):
-            if value is not None and not value > 0:
-                raise InvalidInputError(
-                    f"invalid {name} {value!r}: expected a positive number of seconds"
-                )
-        if not (isinstance(max_pending_writes, int) and max_pending_writes >= 1):
-            raise InvalidInputError(
-                f"invalid max_pending_writes {max_pending_writes!r}: expected an "
-                "integer >= 1"
-            )
+        check_durations(
+            lease_seconds=lease_seconds,
+            wait_timeout=wait_timeout,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+        )
+        check_max_pending(max_pending_writes)
         self._store = _make_store(client)
         self._io = RetryingStore(self._store, store_retry)
         self._analyzer = analyzer
-        self._max_pending = max_pending_writes
-        self._pending: OrderedDict[str, _PendingWrite[AnalysisT]] = OrderedDict()
-        # Sessions this cache stored, with their fingerprints: a lookup that
-        # then finds nothing points at a policy that hides the rows.
-        self._saved: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        # Sessions whose analysis was not readable right after its write.
-        self._hidden: set[str] = set()
-        self._memory_lock = threading.Lock()
+        self._memory: WriteMemory[AnalysisT] = WriteMemory(max_pending_writes, logger)
         self._lease_seconds = lease_seconds
         self._wait_timeout = (
             lease_seconds + 10.0 if wait_timeout is None else wait_timeout
@@ -161,8 +158,7 @@ class AnalysisCache(Generic[AnalysisT]):
         """
         How many computed analyses wait in memory for their database write.
         """
-        with self._memory_lock:
-            return len(self._pending)
+        return self._memory.pending_count()
 
     def flush_pending(self) -> int:
         """
@@ -174,8 +170,7 @@ class AnalysisCache(Generic[AnalysisT]):
             The number written; those still failing stay pending and are
             logged at WARNING.
         """
-        with self._memory_lock:
-            sessions = list(self._pending)
+        sessions = self._memory.pending_sessions()
         return sum(1 for session_id in sessions if self._write_pending(session_id))
 
     @property
@@ -236,12 +231,8 @@ class AnalysisCache(Generic[AnalysisT]):
 
         flight = (key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
-        if shared and result.status is CacheStatus.MISS:
-            result = _with_status(result, CacheStatus.WAITED)
-        if result.status is not CacheStatus.MISS:
-            # The caller that computed counted its miss in _obtain.
-            self._stats.record(result)
-        return result
+        # The caller that computed counted its miss in _obtain.
+        return settle_flight(result, shared, self._stats)
 
     def refresh(
         self, session_id: object, transcript: TranscriptInput | None = None
@@ -264,12 +255,8 @@ class AnalysisCache(Generic[AnalysisT]):
 
         flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
-        if shared and result.status is CacheStatus.MISS:
-            result = _with_status(result, CacheStatus.WAITED)
-        if result.status is not CacheStatus.MISS:
-            # The caller that computed counted its miss in _obtain.
-            self._stats.record(result)
-        return result
+        # The caller that computed counted its miss in _obtain.
+        return settle_flight(result, shared, self._stats)
 
     def invalidate(
         self,
@@ -289,20 +276,10 @@ class AnalysisCache(Generic[AnalysisT]):
             InvalidInputError: neither filter is given, or the session id is
                 invalid.
         """
-        if session_id is None and analysis_version is None:
-            raise InvalidInputError(
-                "invalidate needs a session_id, an analysis_version or both; "
-                "to delete every analysis, truncate salesai_analysis_results"
-            )
+        check_invalidate(session_id, analysis_version)
         key = None if session_id is None else validate_session_id(session_id)
         deleted = self._io.invalidate(key, analysis_version)
-        with self._memory_lock:
-            if key is None:
-                self._saved.clear()
-                self._hidden.clear()
-            else:
-                self._saved.pop(key, None)
-                self._hidden.discard(key)
+        self._memory.forget(key)
         logger.info(
             "Invalidated %d cached analyses (session %s, analysis version %s)",
             deleted,
@@ -345,17 +322,7 @@ class AnalysisCache(Generic[AnalysisT]):
         Raises:
             InvalidInputError: ``conversation_id`` is not a non-empty string.
         """
-        if not isinstance(conversation_id, str) or not conversation_id:
-            raise InvalidInputError(
-                f"invalid conversation id {conversation_id!r}: expected a "
-                "non-empty string"
-            )
-        if "\x00" in conversation_id:
-            # PostgreSQL text cannot hold NUL, so no stored id can match.
-            raise InvalidInputError(
-                f"invalid conversation id {conversation_id!r}: it contains a NUL "
-                "character"
-            )
+        check_conversation_id(conversation_id)
         cached = self._read(self._io.fetch_by_conversation(conversation_id), None)
         if cached is not None:
             self._log_found(cached)
@@ -386,12 +353,7 @@ class AnalysisCache(Generic[AnalysisT]):
                 UUID; raised before any request.
             CacheStoreError: the database call failed.
         """
-        if isinstance(session_ids, (str, bytes)):
-            raise InvalidInputError(
-                f"invalid session ids {session_ids!r}: expected a list of UUIDs, "
-                "not one string"
-            )
-        keys = list(dict.fromkeys(validate_session_id(item) for item in session_ids))
+        keys = check_session_ids(session_ids)
         if not keys:
             return BatchResult()
         fetch_many = getattr(self._store, "fetch_many", None)
@@ -403,21 +365,7 @@ class AnalysisCache(Generic[AnalysisT]):
         else:
             # A custom store without fetch_many: one lookup per session.
             rows = [row for row in map(self._io.fetch, keys) if row is not None]
-        by_id = {row.session_id: row for row in rows}
-        found: dict[str, AnalysisResult[AnalysisT]] = {}
-        missing: list[str] = []
-        for key in keys:
-            result = self._read(by_id.get(key), None)
-            if result is None:
-                missing.append(key)
-            else:
-                found[key] = result
-        logger.debug(
-            "Read %d of %d requested analyses from the database",
-            len(found),
-            len(keys),
-        )
-        return BatchResult(found=found, missing=missing)
+        return build_batch(keys, rows, lambda row: self._read(row, None), logger)
 
     def stats(self) -> CacheStats:
         """
@@ -433,12 +381,7 @@ class AnalysisCache(Generic[AnalysisT]):
         if transcript is not None:
             return parse_transcript(transcript)
         raw = self._io.fetch_transcript(session_id)
-        try:
-            return parse_transcript(raw)
-        except InvalidInputError as error:
-            raise InvalidInputError(
-                f"transcript stored for session {session_id} is invalid: {error}"
-            ) from None
+        return parse_stored_transcript(session_id, raw)
 
     def _obtain(
         self,
@@ -533,16 +476,10 @@ class AnalysisCache(Generic[AnalysisT]):
             time.perf_counter() - started,
         )
         version = self._analyzer.analysis_version
-        write = _PendingWrite(output, fingerprint, version)
+        write = PendingWrite(output, fingerprint, version)
         try:
             stored = self._io.save(
-                session_id,
-                output.analysis.model_dump(mode="json"),
-                output.model,
-                output.usage,
-                transcript_hash=fingerprint,
-                analysis_version=version,
-                claimant=claimant,
+                session_id, **write.save_arguments(), claimant=claimant
             )
         except (ConfigurationError, SessionNotFoundError):
             self._release_quietly(session_id, claimant)
@@ -551,34 +488,15 @@ class AnalysisCache(Generic[AnalysisT]):
             # The analysis is paid for and valid: serve it, and keep it to
             # write on the next request for the session or flush_pending().
             self._release_quietly(session_id, claimant)
-            self._keep_pending(session_id, write)
-            logger.warning(
-                "Could not store the analysis of session %s (%s, code %s); "
-                "serving it and keeping it in memory to write later",
-                session_id,
-                type(error).__name__,
-                error.code,
-            )
+            self._memory.keep(session_id, write, error)
             return write.result(session_id, CacheStatus.MISS)
         except BaseException:
             self._release_quietly(session_id, claimant)
             raise
-        self._remember_saved(session_id, fingerprint, version)
+        self._memory.saved(session_id, fingerprint, version)
         if verify and self._io.fetch(session_id) is None:
-            with self._memory_lock:
-                self._hidden.add(session_id)
-            raise _hidden_error(session_id)
-        return AnalysisResult(
-            session_id=session_id,
-            analysis=output.analysis,
-            model=output.model,
-            usage=output.usage,
-            status=CacheStatus.MISS,
-            created_at=stored.created_at,
-            age_seconds=0.0,
-            transcript_hash=fingerprint,
-            analysis_version=version,
-        )
+            raise self._memory.hide(session_id)
+        return build_miss(session_id, output, stored, fingerprint, version)
 
     def _suspect_hidden(self, session_id: str, fingerprint: str, claimant: str) -> bool:
         """
@@ -590,36 +508,13 @@ class AnalysisCache(Generic[AnalysisT]):
         apart. A session whose read-back came back empty raises
         ``ConfigurationError`` at once, without a model call.
         """
-        version = self._analyzer.analysis_version
-        with self._memory_lock:
-            hidden = session_id in self._hidden
-            suspect = self._saved.get(session_id) == (fingerprint, version)
+        hidden, suspect = self._memory.suspect_hidden(
+            session_id, fingerprint, self._analyzer.analysis_version
+        )
         if hidden:
             self._release_quietly(session_id, claimant)
-            raise _hidden_error(session_id)
+            raise hidden_error(session_id)
         return suspect
-
-    def _remember_saved(self, session_id: str, fingerprint: str, version: str) -> None:
-        with self._memory_lock:
-            self._saved[session_id] = (fingerprint, version)
-            self._saved.move_to_end(session_id)
-            while len(self._saved) > _MAX_REMEMBERED:
-                self._saved.popitem(last=False)
-
-    def _keep_pending(self, session_id: str, write: _PendingWrite[AnalysisT]) -> None:
-        with self._memory_lock:
-            self._pending[session_id] = write
-            self._pending.move_to_end(session_id)
-            dropped = []
-            while len(self._pending) > self._max_pending:
-                dropped.append(self._pending.popitem(last=False)[0])
-        for lost in dropped:
-            logger.error(
-                "Dropped the unwritten analysis of session %s: more than %d "
-                "analyses wait for the database",
-                lost,
-                self._max_pending,
-            )
 
     def _serve_pending(
         self, session_id: str, fingerprint: str
@@ -628,62 +523,23 @@ class AnalysisCache(Generic[AnalysisT]):
         Write the pending analysis of a session, if any, before anything
         else; return it when it matches the request, written or not.
         """
-        with self._memory_lock:
-            write = self._pending.get(session_id)
+        write = self._memory.pending(session_id)
         if write is None:
             return None
         self._write_pending(session_id)
-        if (write.fingerprint, write.version) != (
-            fingerprint,
-            self._analyzer.analysis_version,
-        ):
-            # The request replaces it: writing it later could overwrite the
-            # newer analysis.
-            with self._memory_lock:
-                if self._pending.get(session_id) is write:
-                    del self._pending[session_id]
-            return None
-        logger.info(
-            "Found analysis in memory for session %s (its database write had failed)",
-            session_id,
+        return self._memory.serve(
+            session_id, write, fingerprint, self._analyzer.analysis_version
         )
-        return write.result(session_id, CacheStatus.HIT)
 
     def _write_pending(self, session_id: str) -> bool:
-        with self._memory_lock:
-            write = self._pending.get(session_id)
+        write = self._memory.pending(session_id)
         if write is None:
             return False
         try:
-            self._io.save(
-                session_id,
-                write.output.analysis.model_dump(mode="json"),
-                write.output.model,
-                write.output.usage,
-                transcript_hash=write.fingerprint,
-                analysis_version=write.version,
-            )
-        except SessionNotFoundError:
-            logger.warning(
-                "Dropped the unwritten analysis of session %s: the session "
-                "no longer exists",
-                session_id,
-            )
-        except (CacheStoreError, ConfigurationError) as error:
-            logger.warning(
-                "Could not write the pending analysis of session %s (%s); "
-                "keeping it in memory",
-                session_id,
-                type(error).__name__,
-            )
-            return False
-        else:
-            logger.info("Wrote the pending analysis of session %s", session_id)
-            self._remember_saved(session_id, write.fingerprint, write.version)
-        with self._memory_lock:
-            if self._pending.get(session_id) is write:
-                del self._pending[session_id]
-        return True
+            self._io.save(session_id, **write.save_arguments())
+        except PENDING_WRITE_ERRORS as error:
+            return self._memory.written(session_id, write, error)
+        return self._memory.written(session_id, write, None)
 
     def _release_quietly(self, session_id: str, claimant: str) -> None:
         try:
@@ -703,177 +559,39 @@ class AnalysisCache(Generic[AnalysisT]):
         Turn a fetched row into a result, ``STALE`` unless its version (and
         its transcript hash, when ``fingerprint`` is given) match.
         """
-        if stored is None:
-            return None
-        fresh = stored.analysis_version == self._analyzer.analysis_version and (
-            fingerprint is None or stored.transcript_hash == fingerprint
+        return read_stored(
+            stored,
+            fingerprint,
+            self._analyzer.output_model,
+            self._analyzer.analysis_version,
+            logger,
         )
-        return self._validate(stored, CacheStatus.HIT if fresh else CacheStatus.STALE)
 
     def _validate(
         self, stored: StoredAnalysis, status: CacheStatus
     ) -> AnalysisResult[AnalysisT] | None:
-        try:
-            analysis = self._analyzer.output_model.model_validate(stored.analysis)
-        except ValidationError as error:
-            logger.debug(
-                "Ignoring the stored analysis of session %s: it does not "
-                "validate against %s (%d errors)",
-                stored.session_id,
-                self._analyzer.output_model.__name__,
-                error.error_count(),
-            )
-            return None
-        return AnalysisResult(
-            session_id=stored.session_id,
-            analysis=analysis,
-            model=stored.model,
-            usage=stored.usage,
-            status=status,
-            created_at=stored.created_at,
-            age_seconds=_age_seconds(stored),
-            transcript_hash=stored.transcript_hash,
-            analysis_version=stored.analysis_version,
-        )
+        return validate_stored(stored, status, self._analyzer.output_model, logger)
 
     def _log_found(
         self, result: AnalysisResult[AnalysisT], *, waited: float | None = None
     ) -> None:
-        if result.status is CacheStatus.STALE:
-            logger.info(
-                "Found cached analysis in database for session %s, stale "
-                "(made from another transcript or analysis version)",
-                result.session_id,
-            )
-        elif waited is not None:
-            logger.info(
-                "Found cached analysis in database for session %s after "
-                "waiting %.2f s for another worker",
-                result.session_id,
-                waited,
-            )
-        else:
-            logger.info(
-                "Found cached analysis in database for session %s", result.session_id
-            )
-
-
-@dataclass(frozen=True)
-class BatchResult(Generic[AnalysisT]):
-    """
-    What ``AnalysisCache.get_many`` found.
-
-    ``found`` maps session ids (canonical lowercase UUID strings) to their
-    analyses in the order they were requested; ``missing`` lists the
-    requested sessions that have no usable analysis, in the same order.
-    """
-
-    found: dict[str, AnalysisResult[AnalysisT]] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-
-    def get(self, session_id: object) -> AnalysisResult[AnalysisT] | None:
-        """
-        Return the analysis of one requested session, or ``None``.
-
-        Raises:
-            InvalidInputError: ``session_id`` is not a UUID.
-        """
-        return self.found.get(validate_session_id(session_id))
-
-
-def _hidden_error(session_id: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"the analysis of session {session_id} was stored, yet reading it back "
-        "finds none: row-level security or a view hides "
-        "salesai_analysis_results from the role in use, so every view would pay "
-        "for a new analysis. Check the select policy in sql/policies.sql, or use "
-        "the service-role key",
-        session_id=session_id,
-    )
-
-
-# Sessions remembered as stored by this cache, for _suspect_hidden.
-_MAX_REMEMBERED = 10_000
-
-
-@dataclasses.dataclass(frozen=True)
-class _PendingWrite(Generic[AnalysisT]):
-    """
-    A computed analysis whose database write failed, kept to write later.
-    """
-
-    output: AnalyzerOutput[AnalysisT]
-    fingerprint: str
-    version: str
-
-    def result(self, session_id: str, status: CacheStatus) -> AnalysisResult[AnalysisT]:
-        return AnalysisResult(
-            session_id=session_id,
-            analysis=self.output.analysis,
-            model=self.output.model,
-            usage=self.output.usage,
-            status=status,
-            created_at=None,
-            age_seconds=0.0,
-            transcript_hash=self.fingerprint,
-            analysis_version=self.version,
-        )
-
-
-def _new_claimant() -> str:
-    """
-    Return a claimant id that names this host and process, for operators
-    reading ``salesai_analysis_claims``, and is unique per call.
-    """
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def _stored_within(stored: StoredAnalysis, seconds: float) -> bool:
-    return stored.age_seconds is not None and stored.age_seconds <= seconds
-
-
-def _age_seconds(stored: StoredAnalysis) -> float:
-    if stored.age_seconds is not None:
-        return max(stored.age_seconds, 0.0)
-    if stored.updated_at is None:
-        return 0.0
-
-    age = dt.datetime.now(dt.UTC) - stored.updated_at
-    return max(age.total_seconds(), 0.0)
-
-
-def _with_status(
-    result: AnalysisResult[AnalysisT], status: CacheStatus
-) -> AnalysisResult[AnalysisT]:
-
-    return dataclasses.replace(result, status=status)
+        log_found(logger, result, waited=waited)
 
 
 def _make_store(client: Any) -> AnalysisStore:
     """
     Wrap a client in the store for its library, importing that library lazily.
     """
-    module = type(client).__module__
-    if module.startswith(("supabase", "postgrest")):
+    kind = client_kind(client)
+    if kind == "supabase":
         from ._stores.supabase import SupabaseStore
 
         return SupabaseStore(client)
-    if module.startswith("psycopg"):
+    if kind == "psycopg":
         from ._stores.postgres import PostgresStore
 
         return PostgresStore(client)
-    if all(
-        callable(getattr(client, name, None))
-        for name in (
-            "fetch",
-            "fetch_by_conversation",
-            "fetch_transcript",
-            "lookup",
-            "save",
-            "release",
-            "invalidate",
-        )
-    ):
+    if kind == "store":
         store: AnalysisStore = client
         return store
     raise TypeError(

@@ -17,6 +17,7 @@ sends fails the tests instead of passing against a lenient fake.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -24,7 +25,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -271,7 +272,22 @@ class PostgrestEmulator:
         """
         return router.route(host=HOST).mock(side_effect=self)
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(
+        self, request: httpx.Request
+    ) -> httpx.Response | Coroutine[Any, Any, httpx.Response]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self.answer(request)
+        # An httpx.AsyncClient on an event loop: respx awaits a coroutine,
+        # and the database work runs in a thread so that the loop stays free,
+        # as it is while a real PostgREST answers.
+        return asyncio.to_thread(self.answer, request)
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        """
+        Answer one request, blocking until the database has run it.
+        """
         self.requests.append(request)
         response = self._answer(request)
         self.responses.append(response)

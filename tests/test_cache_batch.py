@@ -1,6 +1,7 @@
 """
 AnalysisCache.get_many and AnalysisCache.stats on a real database, once per
-store, with the fixtures of test_cache_behaviour.
+store and cache flavour (sync and async), with the fixtures of
+test_cache_behaviour.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from test_cache_behaviour import (
     TRANSCRIPT,
     USAGE,
     Backend,
+    Cache,
     CountingAnalyzer,
     Verdict,
     add_session,
     analyzer,
     backend,
     cache,
+    loop,
     store_client,
     user_id,
 )
@@ -35,7 +38,7 @@ from salesai_cache import (
 )
 from salesai_cache._stores.supabase import MAX_URL_BYTES
 
-__all__ = ["analyzer", "backend", "cache", "store_client", "user_id"]
+__all__ = ["analyzer", "backend", "cache", "loop", "store_client", "user_id"]
 
 pytestmark = [
     pytest.mark.sql,
@@ -62,7 +65,7 @@ def sessions(db: psycopg.Connection[Any], user_id: str) -> list[str]:
 
 
 @pytest.fixture
-def computed(cache: AnalysisCache[Verdict], sessions: list[str]) -> list[str]:
+def computed(cache: Cache, sessions: list[str]) -> list[str]:
     for session_id in sessions[:2]:
         cache.get_or_compute(session_id, TRANSCRIPT)
     return sessions
@@ -71,65 +74,57 @@ def computed(cache: AnalysisCache[Verdict], sessions: list[str]) -> list[str]:
 # get_many
 
 
-def test_get_many_found_in_caller_order(
-    cache: AnalysisCache[Verdict], computed: list[str]
-) -> None:
+def test_get_many_found_in_caller_order(cache: Cache, computed: list[str]) -> None:
     wanted = [computed[1], computed[0]]
     assert list(cache.get_many(wanted).found) == wanted
 
 
-def test_get_many_reports_missing(
-    cache: AnalysisCache[Verdict], computed: list[str]
-) -> None:
+def test_get_many_reports_missing(cache: Cache, computed: list[str]) -> None:
     absent = unknown_id()
     batch = cache.get_many([absent, *computed])
     assert batch.missing == [absent, computed[2]]
 
 
-def test_get_many_status_hit(
-    cache: AnalysisCache[Verdict], computed: list[str]
-) -> None:
+def test_get_many_status_hit(cache: Cache, computed: list[str]) -> None:
     batch = cache.get_many(computed[:2])
     assert {r.status for r in batch.found.values()} == {CacheStatus.HIT}
 
 
 def test_get_many_status_stale_for_other_version(
-    store_client: Any, computed: list[str]
+    backend: Backend, store_client: Any, computed: list[str]
 ) -> None:
-    other = AnalysisCache(store_client, CountingAnalyzer(version="fake-model-1:v2"))
+    other = backend.cache(store_client, CountingAnalyzer(version="fake-model-1:v2"))
     batch = other.get_many(computed[:1])
     assert batch.found[computed[0]].status is CacheStatus.STALE
 
 
-def test_get_many_duplicates_once(
-    cache: AnalysisCache[Verdict], computed: list[str]
-) -> None:
+def test_get_many_duplicates_once(cache: Cache, computed: list[str]) -> None:
     batch = cache.get_many([computed[0], computed[0].upper(), computed[0]])
     assert list(batch.found) == [computed[0]]
 
 
-def test_get_many_analysis(cache: AnalysisCache[Verdict], computed: list[str]) -> None:
+def test_get_many_analysis(cache: Cache, computed: list[str]) -> None:
     batch = cache.get_many(computed[:1])
     assert batch.get(computed[0].upper()) is not None
 
 
 def test_get_many_calls_no_analyzer(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, computed: list[str]
+    cache: Cache, analyzer: CountingAnalyzer, computed: list[str]
 ) -> None:
     cache.get_many(computed)
     assert analyzer.calls == 2
 
 
-def test_get_many_empty(cache: AnalysisCache[Verdict]) -> None:
+def test_get_many_empty(cache: Cache) -> None:
     assert cache.get_many([]).found == {}
 
 
-def test_get_many_invalid_id_named(cache: AnalysisCache[Verdict]) -> None:
+def test_get_many_invalid_id_named(cache: Cache) -> None:
     with pytest.raises(InvalidInputError, match="'not-a-uuid'"):
         cache.get_many([unknown_id(), "not-a-uuid"])
 
 
-def test_get_many_rejects_one_string(cache: AnalysisCache[Verdict]) -> None:
+def test_get_many_rejects_one_string(cache: Cache) -> None:
     with pytest.raises(InvalidInputError, match="not one string"):
         cache.get_many(unknown_id())
 
@@ -140,7 +135,7 @@ def test_get_many_invalid_id_sends_nothing(
     client = backend.connect()
     backend.sever()
     with pytest.raises(InvalidInputError):
-        AnalysisCache(client, analyzer).get_many([unknown_id(), 42])
+        backend.cache(client, analyzer).get_many([unknown_id(), 42])
 
 
 # get_many over Supabase: request splitting
@@ -227,60 +222,60 @@ def test_get_many_postgres_one_query(database_url: str) -> None:
 # stats
 
 
-def test_stats_counts_miss(cache: AnalysisCache[Verdict], sessions: list[str]) -> None:
+def test_stats_counts_miss(cache: Cache, sessions: list[str]) -> None:
     cache.get_or_compute(sessions[0], TRANSCRIPT)
     assert cache.stats().misses == 1
 
 
-def test_stats_counts_hit(cache: AnalysisCache[Verdict], sessions: list[str]) -> None:
+def test_stats_counts_hit(cache: Cache, sessions: list[str]) -> None:
     cache.get_or_compute(sessions[0], TRANSCRIPT)
     cache.get_or_compute(sessions[0], TRANSCRIPT)
     assert cache.stats().hits == 1
 
 
-def test_stats_counts_stale_recompute(store_client: Any, sessions: list[str]) -> None:
-    AnalysisCache(store_client, CountingAnalyzer()).get_or_compute(
+def test_stats_counts_stale_recompute(
+    backend: Backend, store_client: Any, sessions: list[str]
+) -> None:
+    backend.cache(store_client, CountingAnalyzer()).get_or_compute(
         sessions[0], TRANSCRIPT
     )
-    newer = AnalysisCache(store_client, CountingAnalyzer(version="fake-model-1:v2"))
+    newer = backend.cache(store_client, CountingAnalyzer(version="fake-model-1:v2"))
     newer.get_or_compute(sessions[0], TRANSCRIPT)
     assert newer.stats().stale_recomputes == 1
 
 
-def test_stats_refresh_not_stale_recompute(
-    cache: AnalysisCache[Verdict], sessions: list[str]
-) -> None:
+def test_stats_refresh_not_stale_recompute(cache: Cache, sessions: list[str]) -> None:
     cache.get_or_compute(sessions[0], TRANSCRIPT)
     cache.refresh(sessions[0], TRANSCRIPT)
     assert cache.stats().stale_recomputes == 0
 
 
-def test_stats_counts_stale_served(store_client: Any, sessions: list[str]) -> None:
-    AnalysisCache(store_client, CountingAnalyzer()).get_or_compute(
+def test_stats_counts_stale_served(
+    backend: Backend, store_client: Any, sessions: list[str]
+) -> None:
+    backend.cache(store_client, CountingAnalyzer()).get_or_compute(
         sessions[0], TRANSCRIPT
     )
-    newer = AnalysisCache(store_client, CountingAnalyzer(version="fake-model-1:v2"))
+    newer = backend.cache(store_client, CountingAnalyzer(version="fake-model-1:v2"))
     newer.get_or_compute(sessions[0], TRANSCRIPT, allow_stale=True)
     assert newer.stats().stale_served == 1
 
 
-def test_stats_saved_tokens_per_hit(
-    cache: AnalysisCache[Verdict], sessions: list[str]
-) -> None:
+def test_stats_saved_tokens_per_hit(cache: Cache, sessions: list[str]) -> None:
     for _ in range(3):
         cache.get_or_compute(sessions[0], TRANSCRIPT)
     assert cache.stats().saved_usage.total_tokens == 2 * USAGE.total_tokens
 
 
-def test_stats_get_many_counts_nothing(
-    cache: AnalysisCache[Verdict], computed: list[str]
-) -> None:
+def test_stats_get_many_counts_nothing(cache: Cache, computed: list[str]) -> None:
     cache.get_many(computed)
     assert cache.stats().hits == 0
 
 
-def test_stats_saved_cost(store_client: Any, sessions: list[str]) -> None:
-    priced = AnalysisCache(store_client, CountingAnalyzer(), prices=PRICES)
+def test_stats_saved_cost(
+    backend: Backend, store_client: Any, sessions: list[str]
+) -> None:
+    priced = backend.cache(store_client, CountingAnalyzer(), prices=PRICES)
     priced.get_or_compute(sessions[0], TRANSCRIPT)
     priced.get_or_compute(sessions[0], TRANSCRIPT)
     assert priced.stats().saved_cost_usd == pytest.approx(SAVED_PER_HIT)

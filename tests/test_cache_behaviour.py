@@ -1,7 +1,12 @@
 """
-How AnalysisCache behaves on a real database, once per store: over a psycopg
-connection, and over a supabase client whose requests a PostgREST emulator
-runs on the same database.
+How AnalysisCache and AsyncAnalysisCache behave on a real database, once per
+flavour and store: over a psycopg connection, and over a supabase client
+whose requests a PostgREST emulator runs on the same database.
+
+The async cache runs through a facade with sync methods (tests/async_support.py)
+on an event loop in a thread of its own, so every test here runs unchanged for
+both flavours; threads that call the facade at once run concurrent tasks on
+that one loop.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import psycopg
 import pytest
 import respx
 import supabase
+from async_support import AsyncCacheFacade, LoopThread
 from postgrest_emulator import SERVICE_ROLE_KEY, URL, PostgrestEmulator
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict
@@ -26,6 +32,7 @@ from salesai_cache import (
     AnalysisCache,
     AnalyzerError,
     AnalyzerOutput,
+    AsyncAnalysisCache,
     CacheStatus,
     ClaimTimeoutError,
     InvalidInputError,
@@ -34,6 +41,7 @@ from salesai_cache import (
     Turn,
 )
 from salesai_cache._local.database import create_auth_user
+from salesai_cache._stores.async_supabase import close_async_client
 
 pytestmark = [
     pytest.mark.sql,
@@ -90,48 +98,85 @@ class CountingAnalyzer:
         return AnalyzerOutput(analysis=verdict, model=MODEL, usage=USAGE)
 
 
+Cache = AnalysisCache[Verdict] | AsyncCacheFacade
+
+
 @dataclass
 class Backend:
     """
-    One way of reaching the test database, and how to cut it off.
+    One way of reaching the test database, how to cut it off, and the cache
+    flavour to build on it.
     """
 
     kind: str
     connect: Callable[[], Any]
     sever: Callable[[], None]
+    loop: LoopThread | None = None
+
+    def cache(self, client: Any, analyzer: Any, **options: Any) -> Cache:
+        if self.loop is None:
+            return AnalysisCache(client, analyzer, **options)
+        return AsyncCacheFacade(
+            AsyncAnalysisCache(client, analyzer, **options), self.loop
+        )
+
+
+@pytest.fixture(params=["sync", "async"])
+def loop(request: pytest.FixtureRequest) -> Iterator[LoopThread | None]:
+    if request.param == "sync":
+        yield None
+        return
+    thread = LoopThread()
+    yield thread
+    thread.close()
 
 
 @pytest.fixture(params=["postgres", "supabase"])
-def backend(request: pytest.FixtureRequest, database_url: str) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, database_url: str, loop: LoopThread | None
+) -> Iterator[Backend]:
     if request.param == "postgres":
-        connections: list[psycopg.Connection[Any]] = []
+        connections: list[Any] = []
 
-        def connect_postgres() -> psycopg.Connection[Any]:
+        def connect_postgres() -> Any:
             # Not autocommit: the store must commit its own writes.
-            conn = psycopg.connect(database_url)
+            if loop is None:
+                conn: Any = psycopg.connect(database_url)
+            else:
+                conn = loop.run(psycopg.AsyncConnection.connect(database_url))
             connections.append(conn)
             return conn
 
         def sever_postgres() -> None:
             for conn in connections:
-                conn.close()
+                if loop is None:
+                    conn.close()
+                else:
+                    loop.run(conn.close())
 
-        yield Backend("postgres", connect_postgres, sever_postgres)
+        yield Backend("postgres", connect_postgres, sever_postgres, loop)
         sever_postgres()
         return
 
     emulator = PostgrestEmulator(database_url)
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
         route = emulator.install(router)
+        clients: list[Any] = []
+
+        def connect_supabase() -> Any:
+            if loop is None:
+                return supabase.create_client(URL, SERVICE_ROLE_KEY)
+            client = loop.run(supabase.acreate_client(URL, SERVICE_ROLE_KEY))
+            clients.append(client)
+            return client
 
         def sever_supabase() -> None:
             route.side_effect = AssertionError("the store sent a request")
 
-        yield Backend(
-            "supabase",
-            lambda: supabase.create_client(URL, SERVICE_ROLE_KEY),
-            sever_supabase,
-        )
+        yield Backend("supabase", connect_supabase, sever_supabase, loop)
+        if loop is not None:
+            for client in clients:
+                loop.run(close_async_client(client))
     emulator.close()
 
 
@@ -146,8 +191,8 @@ def analyzer() -> CountingAnalyzer:
 
 
 @pytest.fixture
-def cache(store_client: Any, analyzer: CountingAnalyzer) -> AnalysisCache[Verdict]:
-    return AnalysisCache(store_client, analyzer)
+def cache(store_client: Any, backend: Backend, analyzer: CountingAnalyzer) -> Cache:
+    return backend.cache(store_client, analyzer)
 
 
 @pytest.fixture
@@ -191,58 +236,58 @@ EXPECTED = Verdict(turns=3, first_speaker="Rep")
 # Miss, then hit
 
 
-def test_first_call_misses(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_first_call_misses(cache: Cache, session_id: str) -> None:
     assert cache.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.MISS
 
 
 def test_miss_calls_analyzer(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+    cache: Cache, analyzer: CountingAnalyzer, session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     assert analyzer.calls == 1
 
 
-def test_miss_returns_analysis(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_miss_returns_analysis(cache: Cache, session_id: str) -> None:
     assert cache.get_or_compute(session_id, TRANSCRIPT).analysis == EXPECTED
 
 
 def test_miss_stores_row(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     assert stored_rows(db, session_id) == 1
 
 
-def test_miss_created_at(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_miss_created_at(cache: Cache, session_id: str) -> None:
     created_at = cache.get_or_compute(session_id, TRANSCRIPT).created_at
     assert created_at is not None and created_at.tzinfo is not None
 
 
-def test_second_call_hits(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_second_call_hits(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     assert cache.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.HIT
 
 
 def test_hit_skips_analyzer(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+    cache: Cache, analyzer: CountingAnalyzer, session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     cache.get_or_compute(session_id, TRANSCRIPT)
     assert analyzer.calls == 1
 
 
-def test_hit_same_analysis(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_hit_same_analysis(cache: Cache, session_id: str) -> None:
     first = cache.get_or_compute(session_id, TRANSCRIPT)
     assert cache.get_or_compute(session_id, TRANSCRIPT).analysis == first.analysis
 
 
-def test_hit_same_created_at(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_hit_same_created_at(cache: Cache, session_id: str) -> None:
     first = cache.get_or_compute(session_id, TRANSCRIPT)
     assert cache.get_or_compute(session_id, TRANSCRIPT).created_at == first.created_at
 
 
 def test_hit_keeps_one_row(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     cache.get_or_compute(session_id, TRANSCRIPT)
@@ -250,7 +295,7 @@ def test_hit_keeps_one_row(
 
 
 def hit_records(
-    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+    cache: Cache, session_id: str, caplog: pytest.LogCaptureFixture
 ) -> list[logging.LogRecord]:
     cache.get_or_compute(session_id, TRANSCRIPT)
     caplog.clear()
@@ -260,7 +305,7 @@ def hit_records(
 
 
 def test_hit_logs(
-    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+    cache: Cache, session_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     found = [
         record
@@ -272,14 +317,14 @@ def test_hit_logs(
 
 
 def test_hit_log_names_session(
-    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+    cache: Cache, session_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     messages = [r.getMessage() for r in hit_records(cache, session_id, caplog)]
     assert any(session_id in message for message in messages)
 
 
 def test_logs_hide_transcript(
-    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+    cache: Cache, session_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG):
         cache.get_or_compute(session_id, TRANSCRIPT)
@@ -288,19 +333,19 @@ def test_logs_hide_transcript(
 
 
 def test_hit_from_other_process(
-    cache: AnalysisCache[Verdict], backend: Backend, session_id: str
+    cache: Cache, backend: Backend, session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
-    other = AnalysisCache(backend.connect(), CountingAnalyzer())
+    other = backend.cache(backend.connect(), CountingAnalyzer())
     assert other.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.HIT
 
 
 def test_other_process_skips_analyzer(
-    cache: AnalysisCache[Verdict], backend: Backend, session_id: str
+    cache: Cache, backend: Backend, session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     other_analyzer = CountingAnalyzer()
-    AnalysisCache(backend.connect(), other_analyzer).get_or_compute(
+    backend.cache(backend.connect(), other_analyzer).get_or_compute(
         session_id, TRANSCRIPT
     )
     assert other_analyzer.calls == 0
@@ -309,52 +354,46 @@ def test_other_process_skips_analyzer(
 # get and get_by_conversation
 
 
-def test_get_before(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_get_before(cache: Cache, session_id: str) -> None:
     assert cache.get(session_id) is None
 
 
-def test_get_after(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_get_after(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     found = cache.get(session_id)
     assert found is not None and found.analysis == EXPECTED
 
 
 def test_get_does_not_compute(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+    cache: Cache, analyzer: CountingAnalyzer, session_id: str
 ) -> None:
     cache.get(session_id)
     assert analyzer.calls == 0
 
 
-def test_by_conversation(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_by_conversation(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     found = cache.get_by_conversation("call-2026-001")
     assert found is not None and found.session_id == session_id
 
 
-def test_by_conversation_analysis(
-    cache: AnalysisCache[Verdict], session_id: str
-) -> None:
+def test_by_conversation_analysis(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     found = cache.get_by_conversation("call-2026-001")
     assert found is not None and found.analysis == EXPECTED
 
 
-def test_by_conversation_unknown(
-    cache: AnalysisCache[Verdict], session_id: str
-) -> None:
+def test_by_conversation_unknown(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     assert cache.get_by_conversation("call-2026-999") is None
 
 
-def test_by_conversation_not_analysed(
-    cache: AnalysisCache[Verdict], session_id: str
-) -> None:
+def test_by_conversation_not_analysed(cache: Cache, session_id: str) -> None:
     assert cache.get_by_conversation("call-2026-001") is None
 
 
 def test_by_conversation_latest(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], user_id: str
+    cache: Cache, db: psycopg.Connection[Any], user_id: str
 ) -> None:
     older = add_session(db, user_id, conversation_id="shared")
     newer = add_session(db, user_id, conversation_id="shared")
@@ -365,7 +404,7 @@ def test_by_conversation_latest(
 
 
 def test_by_conversation_hit_logs(
-    cache: AnalysisCache[Verdict], session_id: str, caplog: pytest.LogCaptureFixture
+    cache: Cache, session_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     with caplog.at_level(logging.INFO):
@@ -389,7 +428,7 @@ TRICKY_CONVERSATION_IDS = [
 
 @pytest.mark.parametrize("conversation_id", TRICKY_CONVERSATION_IDS)
 def test_conversation_id_round_trip(
-    cache: AnalysisCache[Verdict],
+    cache: Cache,
     db: psycopg.Connection[Any],
     user_id: str,
     conversation_id: str,
@@ -408,7 +447,7 @@ def test_conversation_id_round_trip(
 
 
 def test_transcript_from_session(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+    cache: Cache, analyzer: CountingAnalyzer, session_id: str
 ) -> None:
     cache.get_or_compute(session_id)
     assert analyzer.transcripts == [
@@ -417,14 +456,14 @@ def test_transcript_from_session(
 
 
 def test_transcript_from_session_stored(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     cache.get_or_compute(session_id)
     assert stored_rows(db, session_id) == 1
 
 
 def test_hit_needs_no_transcript(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+    cache: Cache, analyzer: CountingAnalyzer, session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     assert cache.get_or_compute(session_id).status is CacheStatus.HIT
@@ -433,19 +472,19 @@ def test_hit_needs_no_transcript(
 # Unknown and invalid sessions
 
 
-def test_unknown_session(cache: AnalysisCache[Verdict]) -> None:
+def test_unknown_session(cache: Cache) -> None:
     with pytest.raises(SessionNotFoundError):
         cache.get_or_compute(UNKNOWN_SESSION, TRANSCRIPT)
 
 
-def test_unknown_session_names_id(cache: AnalysisCache[Verdict]) -> None:
+def test_unknown_session_names_id(cache: Cache) -> None:
     with pytest.raises(SessionNotFoundError) as info:
         cache.get_or_compute(UNKNOWN_SESSION, TRANSCRIPT)
     assert info.value.session_id == UNKNOWN_SESSION
 
 
 def test_unknown_session_stores_nothing(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any]
+    cache: Cache, db: psycopg.Connection[Any]
 ) -> None:
     with pytest.raises(SessionNotFoundError):
         cache.get_or_compute(UNKNOWN_SESSION, TRANSCRIPT)
@@ -453,23 +492,21 @@ def test_unknown_session_stores_nothing(
 
 
 def test_unknown_session_no_transcript(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer
+    cache: Cache, analyzer: CountingAnalyzer
 ) -> None:
     with pytest.raises(SessionNotFoundError):
         cache.get_or_compute(UNKNOWN_SESSION)
     assert analyzer.calls == 0
 
 
-def test_invalid_session_id(cache: AnalysisCache[Verdict], backend: Backend) -> None:
+def test_invalid_session_id(cache: Cache, backend: Backend) -> None:
     # Cut the database off: a request would fail with another error.
     backend.sever()
     with pytest.raises(InvalidInputError):
         cache.get_or_compute("not-a-uuid", TRANSCRIPT)
 
 
-def test_invalid_session_id_get(
-    cache: AnalysisCache[Verdict], backend: Backend
-) -> None:
+def test_invalid_session_id_get(cache: Cache, backend: Backend) -> None:
     backend.sever()
     with pytest.raises(InvalidInputError):
         cache.get("12345")
@@ -496,7 +533,7 @@ def store_raw(db: psycopg.Connection[Any], session_id: str, analysis: object) ->
     ids=["other-shape", "wrong-type", "array"],
 )
 def test_invalid_stored_recomputed(
-    cache: AnalysisCache[Verdict],
+    cache: Cache,
     db: psycopg.Connection[Any],
     session_id: str,
     analysis: object,
@@ -506,7 +543,7 @@ def test_invalid_stored_recomputed(
 
 
 def test_invalid_stored_replaced(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     store_raw(db, session_id, {"score": "high"})
     cache.get_or_compute(session_id, TRANSCRIPT)
@@ -515,7 +552,7 @@ def test_invalid_stored_replaced(
 
 
 def test_invalid_stored_get(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     store_raw(db, session_id, {"score": "high"})
     assert cache.get(session_id) is None
@@ -524,18 +561,18 @@ def test_invalid_stored_get(
 # Token usage and model
 
 
-def test_usage_round_trip(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_usage_round_trip(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     assert cache.get_or_compute(session_id, TRANSCRIPT).usage == USAGE
 
 
-def test_model_round_trip(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_model_round_trip(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     assert cache.get_or_compute(session_id, TRANSCRIPT).model == MODEL
 
 
 def test_usage_in_database(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     row = db.execute(
@@ -562,14 +599,14 @@ def reordered(transcript: list[dict[str, str]]) -> list[dict[str, str]]:
 CHANGED = [*TRANSCRIPT, {"speaker": "Buyer", "text": "Send me the pilot terms."}]
 
 
-def test_key_order_still_hits(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_key_order_still_hits(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     result = cache.get_or_compute(session_id, reordered(TRANSCRIPT))
     assert result.status is CacheStatus.HIT
 
 
 def test_changed_transcript_recomputes(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+    cache: Cache, analyzer: CountingAnalyzer, session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     result = cache.get_or_compute(session_id, CHANGED)
@@ -579,7 +616,7 @@ def test_changed_transcript_recomputes(
 
 
 def test_changed_transcript_replaces_row(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     cache.get_or_compute(session_id, CHANGED)
@@ -587,9 +624,7 @@ def test_changed_transcript_replaces_row(
     assert cache.get_or_compute(session_id, CHANGED).status is CacheStatus.HIT
 
 
-def test_changed_words_recompute(
-    cache: AnalysisCache[Verdict], session_id: str
-) -> None:
+def test_changed_words_recompute(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     edited = [dict(turn) for turn in TRANSCRIPT]
     edited[2]["text"] = "Then let us scope a bigger pilot that fits."
@@ -599,11 +634,11 @@ def test_changed_words_recompute(
 def test_new_version_recomputes(
     store_client: Any, backend: Backend, session_id: str
 ) -> None:
-    AnalysisCache(store_client, CountingAnalyzer("v1")).get_or_compute(
+    backend.cache(store_client, CountingAnalyzer("v1")).get_or_compute(
         session_id, TRANSCRIPT
     )
     newer = CountingAnalyzer("v2")
-    result = AnalysisCache(backend.connect(), newer).get_or_compute(
+    result = backend.cache(backend.connect(), newer).get_or_compute(
         session_id, TRANSCRIPT
     )
     assert result.status is CacheStatus.MISS
@@ -611,7 +646,7 @@ def test_new_version_recomputes(
 
 
 def test_allow_stale_serves_old(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+    cache: Cache, analyzer: CountingAnalyzer, session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     result = cache.get_or_compute(session_id, CHANGED, allow_stale=True)
@@ -621,29 +656,25 @@ def test_allow_stale_serves_old(
     assert analyzer.calls == 1
 
 
-def test_allow_stale_fresh_hits(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_allow_stale_fresh_hits(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     result = cache.get_or_compute(session_id, TRANSCRIPT, allow_stale=True)
     assert result.status is CacheStatus.HIT
 
 
-def test_allow_stale_empty_computes(
-    cache: AnalysisCache[Verdict], session_id: str
-) -> None:
+def test_allow_stale_empty_computes(cache: Cache, session_id: str) -> None:
     result = cache.get_or_compute(session_id, TRANSCRIPT, allow_stale=True)
     assert result.status is CacheStatus.MISS
 
 
-def test_get_changed_transcript_stale(
-    cache: AnalysisCache[Verdict], session_id: str
-) -> None:
+def test_get_changed_transcript_stale(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     found = cache.get(session_id, CHANGED)
     assert found is not None and found.status is CacheStatus.STALE
 
 
 def test_legacy_row_recomputed(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     """
     A row stored before fingerprints existed is stale, however valid.
@@ -652,14 +683,14 @@ def test_legacy_row_recomputed(
     assert cache.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.MISS
 
 
-def test_result_fingerprints(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_result_fingerprints(cache: Cache, session_id: str) -> None:
     miss = cache.get_or_compute(session_id, TRANSCRIPT)
     hit = cache.get_or_compute(session_id, TRANSCRIPT)
     assert hit.transcript_hash == miss.transcript_hash
     assert hit.analysis_version == "fake-model-1:v1"
 
 
-def test_hit_age(cache: AnalysisCache[Verdict], session_id: str) -> None:
+def test_hit_age(cache: Cache, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     age = cache.get_or_compute(session_id, TRANSCRIPT).age_seconds
     assert 0.0 <= age < 60.0
@@ -669,7 +700,7 @@ def test_hit_age(cache: AnalysisCache[Verdict], session_id: str) -> None:
 
 
 def test_refresh_recomputes(
-    cache: AnalysisCache[Verdict], analyzer: CountingAnalyzer, session_id: str
+    cache: Cache, analyzer: CountingAnalyzer, session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     assert cache.refresh(session_id, TRANSCRIPT).status is CacheStatus.MISS
@@ -677,24 +708,22 @@ def test_refresh_recomputes(
 
 
 def test_refresh_keeps_one_row(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
     cache.refresh(session_id)
     assert stored_rows(db, session_id) == 1
 
 
-def test_invalidate_session(
-    cache: AnalysisCache[Verdict], backend: Backend, session_id: str
-) -> None:
+def test_invalidate_session(cache: Cache, backend: Backend, session_id: str) -> None:
     cache.get_or_compute(session_id, TRANSCRIPT)
-    other = AnalysisCache(backend.connect(), CountingAnalyzer())
+    other = backend.cache(backend.connect(), CountingAnalyzer())
     assert other.invalidate(session_id) == 1
     assert cache.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.MISS
 
 
 def test_invalidate_version(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], user_id: str
+    cache: Cache, db: psycopg.Connection[Any], user_id: str
 ) -> None:
     first = add_session(db, user_id)
     second = add_session(db, user_id)
@@ -704,7 +733,7 @@ def test_invalidate_version(
     assert cache.invalidate(analysis_version="fake-model-1:v1") == 0
 
 
-def test_invalidate_needs_filter(cache: AnalysisCache[Verdict]) -> None:
+def test_invalidate_needs_filter(cache: Cache) -> None:
     with pytest.raises(InvalidInputError, match="session_id, an analysis_version"):
         cache.invalidate()
 
@@ -735,9 +764,11 @@ def run_together(count: int, call: Callable[[], Any]) -> list[Any]:
         return [future.result() for future in [pool.submit(call) for _ in range(count)]]
 
 
-def test_threads_share_one_call(store_client: Any, session_id: str) -> None:
+def test_threads_share_one_call(
+    store_client: Any, backend: Backend, session_id: str
+) -> None:
     analyzer = GatedAnalyzer()
-    cache = AnalysisCache(store_client, analyzer)
+    cache = backend.cache(store_client, analyzer)
     threading.Timer(0.3, analyzer.gate.set).start()
     results = run_together(10, lambda: cache.get_or_compute(session_id, TRANSCRIPT))
     assert analyzer.calls == 1
@@ -752,7 +783,7 @@ def test_caches_share_one_call(backend: Backend, session_id: str) -> None:
     Four caches on their own connections, like four processes, compute once.
     """
     analyzer = GatedAnalyzer()
-    caches = [AnalysisCache(backend.connect(), analyzer) for _ in range(4)]
+    caches = [backend.cache(backend.connect(), analyzer) for _ in range(4)]
     threading.Timer(0.5, analyzer.gate.set).start()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [
@@ -777,11 +808,11 @@ def test_failure_releases_claim(
     store_client: Any, backend: Backend, session_id: str
 ) -> None:
     with pytest.raises(AnalyzerError):
-        AnalysisCache(store_client, FailingAnalyzer()).get_or_compute(
+        backend.cache(store_client, FailingAnalyzer()).get_or_compute(
             session_id, TRANSCRIPT
         )
     # A lease of an hour: only a released claim lets this call compute at once.
-    other = AnalysisCache(backend.connect(), CountingAnalyzer(), lease_seconds=3600)
+    other = backend.cache(backend.connect(), CountingAnalyzer(), lease_seconds=3600)
     assert other.get_or_compute(session_id, TRANSCRIPT).status is CacheStatus.MISS
 
 
@@ -797,7 +828,7 @@ def hold_claim(db: psycopg.Connection[Any], session_id: str, seconds: float) -> 
 
 
 def test_expired_claim_taken_over(
-    cache: AnalysisCache[Verdict], db: psycopg.Connection[Any], session_id: str
+    cache: Cache, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     hold_claim(db, session_id, 0.5)
     started = time.monotonic()
@@ -807,10 +838,10 @@ def test_expired_claim_taken_over(
 
 
 def test_held_claim_times_out(
-    store_client: Any, db: psycopg.Connection[Any], session_id: str
+    store_client: Any, backend: Backend, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     hold_claim(db, session_id, 60)
-    cache = AnalysisCache(store_client, CountingAnalyzer(), wait_timeout=0.3)
+    cache = backend.cache(store_client, CountingAnalyzer(), wait_timeout=0.3)
     with pytest.raises(ClaimTimeoutError) as info:
         cache.get_or_compute(session_id, TRANSCRIPT)
     assert info.value.session_id == session_id
@@ -823,8 +854,8 @@ def test_waiter_logs_wait(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     analyzer = GatedAnalyzer()
-    leader = AnalysisCache(store_client, analyzer)
-    waiter = AnalysisCache(backend.connect(), CountingAnalyzer())
+    leader = backend.cache(store_client, analyzer)
+    waiter = backend.cache(backend.connect(), CountingAnalyzer())
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         computing = pool.submit(leader.get_or_compute, session_id, TRANSCRIPT)
         assert analyzer.started.wait(10)

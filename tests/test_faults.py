@@ -32,6 +32,7 @@ from test_cache_behaviour import (
     Verdict,
     add_session,
     backend,
+    loop,
     stored_rows,
     user_id,
 )
@@ -51,10 +52,14 @@ from salesai_cache import (
 from salesai_cache._keys import transcript_hash
 from salesai_cache._models import Lookup, StoredAnalysis
 from salesai_cache._protocols import AnalysisStore
+from salesai_cache._stores.async_postgres import AsyncPostgresStore
+from salesai_cache._stores.async_supabase import AsyncSupabaseStore
 from salesai_cache._stores.postgres import PostgresStore
 from salesai_cache._stores.supabase import SupabaseStore
 
-__all__ = ["backend", "user_id"]  # fixtures shared with test_cache_behaviour
+# Fixtures shared with test_cache_behaviour: the cache-level tests run for
+# the sync and the async cache.
+__all__ = ["backend", "loop", "user_id"]
 
 SUPABASE_WARNINGS = [
     pytest.mark.filterwarnings(
@@ -412,8 +417,65 @@ class FlakyStore:
         return self.inner.invalidate(session_id, analysis_version)
 
 
-def _real_store(backend: Backend) -> AnalysisStore:
+class AsyncFlakyStore(FlakyStore):
+    """
+    FlakyStore over an AsyncAnalysisStore, for the async cache: the same
+    failures, counts and hidden rows, awaited.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.inner_async = inner
+
+    async def fetch(self, session_id: str) -> StoredAnalysis | None:  # type: ignore[override]
+        self._enter("fetch")
+        return None if self.hide else await self.inner_async.fetch(session_id)
+
+    async def fetch_by_conversation(  # type: ignore[override]
+        self, conversation_id: str
+    ) -> StoredAnalysis | None:
+        self._enter("fetch_by_conversation")
+        return await self.inner_async.fetch_by_conversation(conversation_id)
+
+    async def fetch_transcript(self, session_id: str) -> Any:
+        self._enter("fetch_transcript")
+        return await self.inner_async.fetch_transcript(session_id)
+
+    async def lookup(self, session_id: str, *args: Any, **kwargs: Any) -> Lookup:  # type: ignore[override]
+        self._enter("lookup")
+        found = await self.inner_async.lookup(session_id, *args, **kwargs)
+        if self.hide and not found.claimed:
+            found = await self.inner_async.lookup(
+                session_id, *args, **{**kwargs, "force": True}
+            )
+        if self.hide:
+            return Lookup(None, False, True, found.claim_expires_at)
+        return found
+
+    async def save(self, session_id: str, *args: Any, **kwargs: Any) -> StoredAnalysis:  # type: ignore[override]
+        self._enter("save")
+        return await self.inner_async.save(session_id, *args, **kwargs)
+
+    async def release(self, session_id: str, claimant: str) -> None:  # type: ignore[override]
+        self._enter("release")
+        await self.inner_async.release(session_id, claimant)
+
+    async def invalidate(  # type: ignore[override]
+        self, session_id: str | None = None, analysis_version: str | None = None
+    ) -> int:
+        self._enter("invalidate")
+        return await self.inner_async.invalidate(session_id, analysis_version)
+
+
+def _real_store(backend: Backend) -> Any:
+    """
+    Return the store of the backend's kind and cache flavour.
+    """
     client = backend.connect()
+    if backend.loop is not None:
+        if backend.kind == "postgres":
+            return AsyncPostgresStore(client)
+        return AsyncSupabaseStore(client)
     if backend.kind == "postgres":
         return PostgresStore(client)
     return SupabaseStore(client)
@@ -421,7 +483,8 @@ def _real_store(backend: Backend) -> AnalysisStore:
 
 @pytest.fixture
 def flaky(backend: Backend) -> FlakyStore:
-    return FlakyStore(_real_store(backend))
+    store = _real_store(backend)
+    return FlakyStore(store) if backend.loop is None else AsyncFlakyStore(store)
 
 
 @pytest.fixture
@@ -430,8 +493,10 @@ def analyzer() -> CountingAnalyzer:
 
 
 @pytest.fixture
-def cache(flaky: FlakyStore, analyzer: CountingAnalyzer) -> AnalysisCache[Verdict]:
-    return AnalysisCache(flaky, analyzer, store_retry=NO_WAIT)
+def cache(
+    backend: Backend, flaky: FlakyStore, analyzer: CountingAnalyzer
+) -> AnalysisCache[Verdict]:
+    return backend.cache(flaky, analyzer, store_retry=NO_WAIT)  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -456,6 +521,9 @@ def _claims(db: psycopg.Connection[Any], session_id: str) -> int:
     assert row is not None
     return int(row[0])
 
+
+# The loggers of AnalysisCache and AsyncAnalysisCache.
+CACHE_LOGGERS = ("salesai_cache._cache", "salesai_cache._async_cache")
 
 FINGERPRINT = transcript_hash(parse_transcript(TRANSCRIPT))
 
@@ -584,9 +652,7 @@ def test_failed_write_warning(
     flaky.failures["save"] = 3
     with caplog.at_level(logging.WARNING, logger="salesai_cache"):
         cache.get_or_compute(session_id, TRANSCRIPT)
-    warnings = [
-        r.getMessage() for r in caplog.records if r.name == "salesai_cache._cache"
-    ]
+    warnings = [r.getMessage() for r in caplog.records if r.name in CACHE_LOGGERS]
     assert any(session_id in message for message in warnings)
 
 
@@ -712,12 +778,13 @@ def test_flush_pending_failing_keeps(
 @SUPABASE_WARNINGS[0]
 @SUPABASE_WARNINGS[1]
 def test_pending_bounded(
+    backend: Backend,
     flaky: FlakyStore,
     db: psycopg.Connection[Any],
     user_id: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache = AnalysisCache(
+    cache = backend.cache(
         flaky, CountingAnalyzer(), store_retry=NO_WAIT, max_pending_writes=1
     )
     first, second = add_session(db, user_id), add_session(db, user_id)
@@ -1128,7 +1195,7 @@ def test_any_text_round_trips(
     @given(texts.filter(lambda text: "\x00" not in text and text.strip()), ids)
     def round_trip(text: str, conversation: str) -> None:
         session = add_session(db, user_id, conversation_id=conversation + text)
-        cache = AnalysisCache(store, Echo(), store_retry=NO_WAIT)
+        cache = backend.cache(store, Echo(), store_retry=NO_WAIT)
         cache.get_or_compute(session, [{"speaker": "Rep", "text": text}])
         found = cache.get_by_conversation(conversation + text)
         assert found is not None and found.analysis.first_speaker == text.strip()

@@ -1,21 +1,24 @@
 """
-RetryingStore: any AnalysisStore with transient failures retried.
+RetryingStore and AsyncRetryingStore: any AnalysisStore or
+AsyncAnalysisStore with transient failures retried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import tenacity
 
+from .._async_protocols import AsyncAnalysisStore
 from .._models import Lookup, StoredAnalysis, TokenUsage
 from .._protocols import AnalysisStore
 from .._retry import STORE_RETRY, RetryPolicy, is_transient
 
-__all__ = ["RetryingStore"]
+__all__ = ["AsyncRetryingStore", "RetryingStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +178,151 @@ class RetryingStore:
         ``AnalysisStore.invalidate``, not retried.
         """
         return self._store.invalidate(session_id, analysis_version)
+
+
+class AsyncRetryingStore:
+    """
+    ``RetryingStore`` for an ``AsyncAnalysisStore``: the same retried calls,
+    log lines and policy, awaited, and waiting with ``asyncio.sleep`` so that
+    a cancellation ends the wait at once and sends no further request.
+
+    The methods mirror ``RetryingStore`` one by one; they are separate
+    because each awaits its call, which a shared sync body cannot.
+
+    Args:
+        store: the store to wrap.
+        policy: the attempts, waits and deadline.
+        sleep: what waits between attempts.
+    """
+
+    def __init__(
+        self,
+        store: AsyncAnalysisStore,
+        policy: RetryPolicy = STORE_RETRY,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._sleep = sleep
+
+    @property
+    def inner(self) -> AsyncAnalysisStore:
+        """
+        The wrapped store.
+        """
+        return self._store
+
+    async def retried(self, action: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """
+        Await ``call``, retried as ``RetryingStore.retried`` runs it.
+        """
+        retrying = tenacity.AsyncRetrying(
+            sleep=self._sleep,
+            **self._policy.tenacity_kwargs(is_transient, name=action),
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable")  # pragma: no cover  (tenacity raises)
+
+    async def fetch(self, session_id: str) -> StoredAnalysis | None:
+        """
+        ``AsyncAnalysisStore.fetch``, retried.
+        """
+        return await self.retried(
+            f"Reading the analysis of session {session_id}",
+            lambda: self._store.fetch(session_id),
+        )
+
+    async def fetch_by_conversation(
+        self, conversation_id: str
+    ) -> StoredAnalysis | None:
+        """
+        ``AsyncAnalysisStore.fetch_by_conversation``, retried.
+        """
+        return await self.retried(
+            "Looking up an analysis by conversation id",
+            lambda: self._store.fetch_by_conversation(conversation_id),
+        )
+
+    async def fetch_transcript(self, session_id: str) -> Any:
+        """
+        ``AsyncAnalysisStore.fetch_transcript``, retried.
+        """
+        return await self.retried(
+            f"Reading the transcript of session {session_id}",
+            lambda: self._store.fetch_transcript(session_id),
+        )
+
+    async def lookup(
+        self,
+        session_id: str,
+        transcript_hash: str,
+        analysis_version: str,
+        claimant: str,
+        lease_seconds: float,
+        *,
+        force: bool = False,
+    ) -> Lookup:
+        """
+        ``AsyncAnalysisStore.lookup``, retried with the same claimant.
+        """
+        return await self.retried(
+            f"Looking up the analysis of session {session_id}",
+            lambda: self._store.lookup(
+                session_id,
+                transcript_hash,
+                analysis_version,
+                claimant,
+                lease_seconds,
+                force=force,
+            ),
+        )
+
+    async def save(
+        self,
+        session_id: str,
+        analysis: dict[str, Any],
+        model: str,
+        usage: TokenUsage,
+        *,
+        transcript_hash: str | None = None,
+        analysis_version: str | None = None,
+        claimant: str | None = None,
+    ) -> StoredAnalysis:
+        """
+        ``AsyncAnalysisStore.save``, retried: the upsert writes the same row
+        again.
+        """
+        return await self.retried(
+            f"Saving the analysis of session {session_id}",
+            lambda: self._store.save(
+                session_id,
+                analysis,
+                model,
+                usage,
+                transcript_hash=transcript_hash,
+                analysis_version=analysis_version,
+                claimant=claimant,
+            ),
+        )
+
+    async def release(self, session_id: str, claimant: str) -> None:
+        """
+        ``AsyncAnalysisStore.release``, retried.
+        """
+        await self.retried(
+            f"Releasing the claim on session {session_id}",
+            lambda: self._store.release(session_id, claimant),
+        )
+
+    async def invalidate(
+        self,
+        session_id: str | None = None,
+        analysis_version: str | None = None,
+    ) -> int:
+        """
+        ``AsyncAnalysisStore.invalidate``, not retried (see ``RetryingStore``).
+        """
+        return await self._store.invalidate(session_id, analysis_version)

@@ -20,7 +20,12 @@ from psycopg.types.json import Jsonb
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
 from .._retry import is_transient_store_code
-from ..exceptions import CacheStoreError, ConfigurationError, SessionNotFoundError
+from ..exceptions import (
+    CacheStoreError,
+    ConfigurationError,
+    SalesAICacheError,
+    SessionNotFoundError,
+)
 from ._rows import (
     ANALYSIS_COLUMNS,
     ANALYSIS_TABLE,
@@ -219,19 +224,7 @@ class PostgresStore:
             session_id=session_id,
             function=LOOKUP_FUNCTION,
         )
-        if row is None:
-            raise CacheStoreError(
-                f"{LOOKUP_FUNCTION} returned no row for session {session_id}: "
-                f"apply {MIGRATION_002} again"
-            )
-        found = row_to_lookup(row)
-        logger.debug(
-            "Looked up session %s via psycopg: fresh=%s claimed=%s",
-            session_id,
-            found.fresh,
-            found.claimed,
-        )
-        return found
+        return _looked_up(row, session_id)
 
     def save(
         self,
@@ -253,13 +246,11 @@ class PostgresStore:
         """
         row = self._one(
             _SAVE,
-            (
+            _save_params(
                 session_id,
-                Jsonb(analysis),
+                analysis,
                 model,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.total_tokens,
+                usage,
                 transcript_hash,
                 analysis_version,
                 claimant,
@@ -270,17 +261,8 @@ class PostgresStore:
             function=SAVE_FUNCTION,
         )
         if row is None:
-            # An RLS policy can let the insert through yet hide the row from
-            # RETURNING's implicit select.
-            raise ConfigurationError(
-                f"saving the analysis of session {session_id} returned no row: "
-                f"role {self._role()} may write {ANALYSIS_TABLE} but not read it "
-                "back, so every view would compute again; check the row-level "
-                f"security policies of {ANALYSIS_TABLE}",
-                session_id=session_id,
-            )
-        logger.debug("Saved the analysis of session %s via psycopg", session_id)
-        return row_to_stored(row)
+            raise _hidden_row_error(session_id, self._role())
+        return _saved(row, session_id)
 
     def release(self, session_id: str, claimant: str) -> None:
         """
@@ -306,24 +288,10 @@ class PostgresStore:
         Raises:
             ValueError: neither filter is given.
         """
-        filters = {"session_id": session_id, "analysis_version": analysis_version}
-        given = {
-            column: value for column, value in filters.items() if value is not None
-        }
-        if not given:
-            raise ValueError(
-                "invalidate needs a session_id, an analysis_version or both: "
-                "deleting every analysis is not supported"
-            )
-        query = sql.SQL("delete from {analyses} where {conditions}").format(
-            analyses=_ANALYSES,
-            conditions=sql.SQL(" and ").join(
-                sql.SQL("{} = %s").format(sql.Identifier(column)) for column in given
-            ),
-        )
+        query, params = _invalidate_query(session_id, analysis_version)
         deleted = self._rowcount(
             query,
-            tuple(given.values()),
+            params,
             action="invalidating stored analyses",
             table=ANALYSIS_TABLE,
         )
@@ -400,31 +368,137 @@ class PostgresStore:
     ) -> _T:
         try:
             return call()
-        except psycopg.OperationalError as error:
-            # A broken socket has no SQLSTATE, so the message names the
-            # exception type and the first line of its text.
-            logger.debug("%s failed: %s", action, type(error).__name__)
-            raise CacheStoreError(
-                f"{action} failed: the database connection failed "
-                f"({type(error).__name__}: {_first_line(error)}); check that the "
-                "server is reachable, then retry with a new connection",
-                code=error.sqlstate,
-                # On a closed connection every retry fails the same way.
-                retryable=not self._conn.closed
-                and (error.sqlstate is None or is_transient_store_code(error.sqlstate)),
-            ) from error
         except psycopg.Error as error:
-            logger.debug("%s failed with SQLSTATE %s", action, error.sqlstate)
-            diag_message = error.diag.message_primary if error.diag else None
-            raise translate_error(
-                error.sqlstate,
-                diag_message or _first_line(error),
+            raise _store_error(
+                error,
                 action=action,
                 table=table,
                 session_id=session_id,
                 function=function,
+                closed=self._conn.closed,
                 role=self._role() if error.sqlstate == "42501" else None,
             ) from error
+
+
+def _save_params(
+    session_id: str,
+    analysis: dict[str, Any],
+    model: str,
+    usage: TokenUsage,
+    transcript_hash: str | None,
+    analysis_version: str | None,
+    claimant: str | None,
+) -> tuple[Any, ...]:
+    return (
+        session_id,
+        Jsonb(analysis),
+        model,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.total_tokens,
+        transcript_hash,
+        analysis_version,
+        claimant,
+    )
+
+
+def _looked_up(row: Mapping[str, Any] | None, session_id: str) -> Lookup:
+    if row is None:
+        raise CacheStoreError(
+            f"{LOOKUP_FUNCTION} returned no row for session {session_id}: "
+            f"apply {MIGRATION_002} again"
+        )
+    found = row_to_lookup(row)
+    logger.debug(
+        "Looked up session %s via psycopg: fresh=%s claimed=%s",
+        session_id,
+        found.fresh,
+        found.claimed,
+    )
+    return found
+
+
+def _saved(row: Mapping[str, Any], session_id: str) -> StoredAnalysis:
+    logger.debug("Saved the analysis of session %s via psycopg", session_id)
+    return row_to_stored(row)
+
+
+def _hidden_row_error(session_id: str, role: str) -> ConfigurationError:
+    # An RLS policy can let the insert through yet hide the row from
+    # RETURNING's implicit select.
+    return ConfigurationError(
+        f"saving the analysis of session {session_id} returned no row: "
+        f"role {role} may write {ANALYSIS_TABLE} but not read it "
+        "back, so every view would compute again; check the row-level "
+        f"security policies of {ANALYSIS_TABLE}",
+        session_id=session_id,
+    )
+
+
+def _invalidate_query(
+    session_id: str | None, analysis_version: str | None
+) -> tuple[sql.Composed, tuple[Any, ...]]:
+    """
+    Return the delete statement of ``invalidate`` and its parameters.
+
+    Raises:
+        ValueError: neither filter is given.
+    """
+    filters = {"session_id": session_id, "analysis_version": analysis_version}
+    given = {column: value for column, value in filters.items() if value is not None}
+    if not given:
+        raise ValueError(
+            "invalidate needs a session_id, an analysis_version or both: "
+            "deleting every analysis is not supported"
+        )
+    query = sql.SQL("delete from {analyses} where {conditions}").format(
+        analyses=_ANALYSES,
+        conditions=sql.SQL(" and ").join(
+            sql.SQL("{} = %s").format(sql.Identifier(column)) for column in given
+        ),
+    )
+    return query, tuple(given.values())
+
+
+def _store_error(
+    error: psycopg.Error,
+    *,
+    action: str,
+    table: str,
+    session_id: str | None,
+    function: str | None,
+    closed: bool,
+    role: str | None,
+) -> SalesAICacheError:
+    """
+    Return the library exception for a failed psycopg call; ``closed`` says
+    whether the connection is closed, ``role`` names the role in a
+    permission error.
+    """
+    if isinstance(error, psycopg.OperationalError):
+        # A broken socket has no SQLSTATE, so the message names the
+        # exception type and the first line of its text.
+        logger.debug("%s failed: %s", action, type(error).__name__)
+        return CacheStoreError(
+            f"{action} failed: the database connection failed "
+            f"({type(error).__name__}: {_first_line(error)}); check that the "
+            "server is reachable, then retry with a new connection",
+            code=error.sqlstate,
+            # On a closed connection every retry fails the same way.
+            retryable=not closed
+            and (error.sqlstate is None or is_transient_store_code(error.sqlstate)),
+        )
+    logger.debug("%s failed with SQLSTATE %s", action, error.sqlstate)
+    diag_message = error.diag.message_primary if error.diag else None
+    return translate_error(
+        error.sqlstate,
+        diag_message or _first_line(error),
+        action=action,
+        table=table,
+        session_id=session_id,
+        function=function,
+        role=role,
+    )
 
 
 def _first_line(error: Exception) -> str:

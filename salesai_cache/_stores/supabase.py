@@ -27,7 +27,12 @@ from postgrest.base_request_builder import SingleAPIResponse
 from supabase import Client
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
-from ..exceptions import CacheStoreError, ConfigurationError, SessionNotFoundError
+from ..exceptions import (
+    CacheStoreError,
+    ConfigurationError,
+    SalesAICacheError,
+    SessionNotFoundError,
+)
 from ._rows import (
     ANALYSIS_COLUMNS,
     ANALYSIS_TABLE,
@@ -121,7 +126,7 @@ class SupabaseStore:
                 too long (the project URL is then very long).
         """
         stored: list[StoredAnalysis] = []
-        for chunk in self._chunks(session_ids):
+        for chunk in _chunks(session_ids, self._url_bytes):
             request = (
                 self._table(ANALYSIS_TABLE)
                 .select(_SELECT)
@@ -141,42 +146,10 @@ class SupabaseStore:
         )
         return stored
 
-    def _chunks(self, session_ids: Sequence[str]) -> Iterator[list[str]]:
-        """
-        Split ``session_ids`` into the longest runs whose request URL stays
-        within ``MAX_URL_BYTES``, measured on the URL that httpx would send.
-        """
-        pending = list(session_ids)
-        while pending:
-            chunk = [pending.pop(0)]
-            size = self._url_bytes(chunk)
-            if size > MAX_URL_BYTES:
-                raise CacheStoreError(
-                    f"reading the analysis of session {chunk[0]} would need a "
-                    f"URL longer than {MAX_URL_BYTES} bytes: shorten the project "
-                    "URL"
-                )
-            # Each further id adds an encoded comma and itself; the estimate
-            # is checked against the real URL below.
-            while pending:
-                step = len("%2C") + len(quote(pending[0], safe=""))
-                if size + step > MAX_URL_BYTES:
-                    break
-                size += step
-                chunk.append(pending.pop(0))
-            while len(chunk) > 1 and self._url_bytes(chunk) > MAX_URL_BYTES:
-                pending.insert(0, chunk.pop())
-            yield chunk
-
     def _url_bytes(self, session_ids: list[str]) -> int:
-        config = (
-            self._table(ANALYSIS_TABLE)
-            .select(_SELECT)
-            .in_("session_id", session_ids)
-            .request
+        return _url_bytes(
+            self._table(ANALYSIS_TABLE).select(_SELECT).in_("session_id", session_ids)
         )
-        url = httpx.URL(str(config.path), params=config.params)
-        return len(str(url).encode("ascii"))
 
     def fetch_by_conversation(self, conversation_id: str) -> StoredAnalysis | None:
         """
@@ -248,14 +221,14 @@ class SupabaseStore:
                 this id.
             SchemaMismatchError: migration 002 is not applied.
         """
-        params = {
-            "p_session_id": session_id,
-            "p_transcript_hash": transcript_hash,
-            "p_analysis_version": analysis_version,
-            "p_claimant": claimant,
-            "p_lease_seconds": lease_seconds,
-            "p_force": force,
-        }
+        params = _lookup_params(
+            session_id,
+            transcript_hash,
+            analysis_version,
+            claimant,
+            lease_seconds,
+            force,
+        )
         response = self._execute(
             self._rpc(LOOKUP_FUNCTION, params).execute,
             action=f"looking up the analysis of session {session_id}",
@@ -263,21 +236,7 @@ class SupabaseStore:
             session_id=session_id,
             function=LOOKUP_FUNCTION,
         )
-        rows = _row_list(response)
-        if len(rows) != 1:
-            raise CacheStoreError(
-                f"{LOOKUP_FUNCTION} returned {len(rows)} rows for session "
-                f"{session_id} instead of one: apply "
-                "sql/migrations/002_add_freshness_and_claims.sql again"
-            )
-        found = row_to_lookup(rows[0])
-        logger.debug(
-            "Looked up session %s via PostgREST: fresh=%s claimed=%s",
-            session_id,
-            found.fresh,
-            found.claimed,
-        )
-        return found
+        return _looked_up(response, session_id)
 
     def save(
         self,
@@ -297,17 +256,15 @@ class SupabaseStore:
         Raises:
             SessionNotFoundError: no session has this id.
         """
-        params = {
-            "p_session_id": session_id,
-            "p_analysis": analysis,
-            "p_model": model,
-            "p_prompt_tokens": usage.prompt_tokens,
-            "p_completion_tokens": usage.completion_tokens,
-            "p_total_tokens": usage.total_tokens,
-            "p_transcript_hash": transcript_hash,
-            "p_analysis_version": analysis_version,
-            "p_claimant": claimant,
-        }
+        params = _save_params(
+            session_id,
+            analysis,
+            model,
+            usage,
+            transcript_hash,
+            analysis_version,
+            claimant,
+        )
         response = self._execute(
             self._rpc(SAVE_FUNCTION, params).execute,
             action=f"saving the analysis of session {session_id}",
@@ -315,19 +272,7 @@ class SupabaseStore:
             session_id=session_id,
             function=SAVE_FUNCTION,
         )
-        rows = _row_list(response)
-        if not rows:
-            # The function returns no row when an RLS policy lets the write
-            # through but hides the row from the same role's SELECT.
-            raise ConfigurationError(
-                f"saving the analysis of session {session_id} returned no row: "
-                f"role {self._role()} may write {ANALYSIS_TABLE} but not read "
-                "it back, so every view would compute again; check the select "
-                "policy in sql/policies.sql or use the service-role key",
-                session_id=session_id,
-            )
-        logger.debug("Saved the analysis of session %s via PostgREST", session_id)
-        return row_to_stored(rows[0])
+        return _saved(response, session_id, self._role)
 
     def release(self, session_id: str, claimant: str) -> None:
         """
@@ -359,11 +304,7 @@ class SupabaseStore:
         Raises:
             ValueError: neither filter is given.
         """
-        if session_id is None and analysis_version is None:
-            raise ValueError(
-                "invalidate needs a session_id, an analysis_version or both: "
-                "deleting every analysis is not supported"
-            )
+        _check_filters(session_id, analysis_version)
         request: SyncSelectRequestBuilder = self._table(ANALYSIS_TABLE).delete(
             count=_EXACT, returning=_MINIMAL
         )
@@ -376,13 +317,7 @@ class SupabaseStore:
             action="invalidating stored analyses",
             table=ANALYSIS_TABLE,
         )
-        if response.count is None:
-            raise CacheStoreError(
-                "invalidating stored analyses returned no count: PostgREST sent "
-                "no Content-Range total for Prefer: count=exact"
-            )
-        logger.debug("Invalidated %d analyses via PostgREST", response.count)
-        return response.count
+        return _deleted(response)
 
     def _table(self, name: str) -> SyncRequestBuilder:
         # Asked for on every call: supabase-py builds a new PostgREST client
@@ -403,13 +338,7 @@ class SupabaseStore:
         Return the ``role`` claim of the JWT that requests carry, for error
         messages; the token itself is never shown.
         """
-        headers = self._table(ANALYSIS_TABLE).headers
-        token = str(headers.get("authorization", "")).removeprefix("Bearer ")
-        return (
-            _jwt_role(token)
-            or _jwt_role(str(headers.get("apikey", "")))
-            or ("unknown (the key is not a JWT)")
-        )
+        return _role_of(self._table(ANALYSIS_TABLE).headers)
 
     def _execute(
         self,
@@ -422,30 +351,160 @@ class SupabaseStore:
     ) -> _T:
         try:
             return call()
-        except APIError as error:
-            logger.debug("%s failed with PostgREST code %s", action, error.code)
-            raise translate_error(
-                error.code,
-                error.message,
+        except (APIError, httpx.HTTPError) as error:
+            raise _request_error(
+                error,
                 action=action,
                 table=table,
                 session_id=session_id,
-                schema_cache=True,
                 function=function,
-                role=self._role() if error.code == "42501" else None,
+                role=self._role,
             ) from error
-        except httpx.HTTPError as error:
-            # The message names the host only: the URL's query holds filter
-            # values and the headers hold the API key.
-            host = error.request.url.host if _has_request(error) else "Supabase"
-            raise CacheStoreError(
-                f"{action} failed: could not reach {host} "
-                f"({type(error).__name__}); check the project URL and the network, "
-                "then retry",
-                # A timeout or a dropped connection may pass next time; an
-                # invalid URL or a refused TLS handshake will not either way.
-                retryable=isinstance(error, httpx.TransportError),
-            ) from error
+
+
+def _request_error(
+    error: APIError | httpx.HTTPError,
+    *,
+    action: str,
+    table: str,
+    session_id: str | None,
+    function: str | None,
+    role: Callable[[], str],
+) -> SalesAICacheError:
+    """
+    Return the library exception for a failed PostgREST request; ``role``
+    is asked for the requests' role only to name it in a permission error.
+    """
+    if isinstance(error, APIError):
+        logger.debug("%s failed with PostgREST code %s", action, error.code)
+        return translate_error(
+            error.code,
+            error.message,
+            action=action,
+            table=table,
+            session_id=session_id,
+            schema_cache=True,
+            function=function,
+            role=role() if error.code == "42501" else None,
+        )
+    # The message names the host only: the URL's query holds filter values
+    # and the headers hold the API key.
+    host = error.request.url.host if _has_request(error) else "Supabase"
+    return CacheStoreError(
+        f"{action} failed: could not reach {host} "
+        f"({type(error).__name__}); check the project URL and the network, "
+        "then retry",
+        # A timeout or a dropped connection may pass next time; an invalid
+        # URL or a refused TLS handshake will not either way.
+        retryable=isinstance(error, httpx.TransportError),
+    )
+
+
+def _lookup_params(
+    session_id: str,
+    transcript_hash: str,
+    analysis_version: str,
+    claimant: str,
+    lease_seconds: float,
+    force: bool,
+) -> dict[str, Any]:
+    return {
+        "p_session_id": session_id,
+        "p_transcript_hash": transcript_hash,
+        "p_analysis_version": analysis_version,
+        "p_claimant": claimant,
+        "p_lease_seconds": lease_seconds,
+        "p_force": force,
+    }
+
+
+def _save_params(
+    session_id: str,
+    analysis: dict[str, Any],
+    model: str,
+    usage: TokenUsage,
+    transcript_hash: str | None,
+    analysis_version: str | None,
+    claimant: str | None,
+) -> dict[str, Any]:
+    return {
+        "p_session_id": session_id,
+        "p_analysis": analysis,
+        "p_model": model,
+        "p_prompt_tokens": usage.prompt_tokens,
+        "p_completion_tokens": usage.completion_tokens,
+        "p_total_tokens": usage.total_tokens,
+        "p_transcript_hash": transcript_hash,
+        "p_analysis_version": analysis_version,
+        "p_claimant": claimant,
+    }
+
+
+def _looked_up(response: APIResponse, session_id: str) -> Lookup:
+    rows = _row_list(response)
+    if len(rows) != 1:
+        raise CacheStoreError(
+            f"{LOOKUP_FUNCTION} returned {len(rows)} rows for session "
+            f"{session_id} instead of one: apply "
+            "sql/migrations/002_add_freshness_and_claims.sql again"
+        )
+    found = row_to_lookup(rows[0])
+    logger.debug(
+        "Looked up session %s via PostgREST: fresh=%s claimed=%s",
+        session_id,
+        found.fresh,
+        found.claimed,
+    )
+    return found
+
+
+def _saved(
+    response: APIResponse, session_id: str, role: Callable[[], str]
+) -> StoredAnalysis:
+    rows = _row_list(response)
+    if not rows:
+        # The function returns no row when an RLS policy lets the write
+        # through but hides the row from the same role's SELECT.
+        raise ConfigurationError(
+            f"saving the analysis of session {session_id} returned no row: "
+            f"role {role()} may write {ANALYSIS_TABLE} but not read "
+            "it back, so every view would compute again; check the select "
+            "policy in sql/policies.sql or use the service-role key",
+            session_id=session_id,
+        )
+    logger.debug("Saved the analysis of session %s via PostgREST", session_id)
+    return row_to_stored(rows[0])
+
+
+def _check_filters(session_id: str | None, analysis_version: str | None) -> None:
+    if session_id is None and analysis_version is None:
+        raise ValueError(
+            "invalidate needs a session_id, an analysis_version or both: "
+            "deleting every analysis is not supported"
+        )
+
+
+def _deleted(response: APIResponse) -> int:
+    if response.count is None:
+        raise CacheStoreError(
+            "invalidating stored analyses returned no count: PostgREST sent "
+            "no Content-Range total for Prefer: count=exact"
+        )
+    logger.debug("Invalidated %d analyses via PostgREST", response.count)
+    return response.count
+
+
+def _role_of(headers: Mapping[str, Any]) -> str:
+    """
+    Return the ``role`` claim of the JWT in request ``headers``, for error
+    messages; the token itself is never shown.
+    """
+    token = str(headers.get("authorization", "")).removeprefix("Bearer ")
+    return (
+        _jwt_role(token)
+        or _jwt_role(str(headers.get("apikey", "")))
+        or ("unknown (the key is not a JWT)")
+    )
 
 
 def _jwt_role(token: str) -> str | None:
@@ -459,6 +518,45 @@ def _jwt_role(token: str) -> str | None:
         return None
     role = claims.get("role") if isinstance(claims, dict) else None
     return role if isinstance(role, str) else None
+
+
+def _chunks(
+    session_ids: Sequence[str], url_bytes: Callable[[list[str]], int]
+) -> Iterator[list[str]]:
+    """
+    Split ``session_ids`` into the longest runs whose request URL, as
+    ``url_bytes`` measures it, stays within ``MAX_URL_BYTES``.
+    """
+    pending = list(session_ids)
+    while pending:
+        chunk = [pending.pop(0)]
+        size = url_bytes(chunk)
+        if size > MAX_URL_BYTES:
+            raise CacheStoreError(
+                f"reading the analysis of session {chunk[0]} would need a "
+                f"URL longer than {MAX_URL_BYTES} bytes: shorten the project "
+                "URL"
+            )
+        # Each further id adds an encoded comma and itself; the estimate
+        # is checked against the real URL below.
+        while pending:
+            step = len("%2C") + len(quote(pending[0], safe=""))
+            if size + step > MAX_URL_BYTES:
+                break
+            size += step
+            chunk.append(pending.pop(0))
+        while len(chunk) > 1 and url_bytes(chunk) > MAX_URL_BYTES:
+            pending.insert(0, chunk.pop())
+        yield chunk
+
+
+def _url_bytes(builder: Any) -> int:
+    """
+    Return the length of the URL that httpx would send for ``builder``.
+    """
+    config = builder.request
+    url = httpx.URL(str(config.path), params=config.params)
+    return len(str(url).encode("ascii"))
 
 
 def _has_request(error: httpx.HTTPError) -> bool:

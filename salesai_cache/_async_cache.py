@@ -1,0 +1,672 @@
+"""
+AsyncAnalysisCache: AnalysisCache for asyncio applications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from ._analyzers.threaded import ThreadedAnalyzer
+from ._async_protocols import AsyncAnalysisStore, AsyncAnalyzer
+from ._async_singleflight import AsyncSingleFlight
+from ._core import (
+    PENDING_WRITE_ERRORS,
+    STORE_METHODS,
+    BatchResult,
+    PendingWrite,
+    WriteMemory,
+    _new_claimant,
+    _stored_within,
+    build_batch,
+    build_miss,
+    check_conversation_id,
+    check_durations,
+    check_invalidate,
+    check_max_pending,
+    check_session_ids,
+    client_kind,
+    hidden_error,
+    log_found,
+    parse_stored_transcript,
+    read_stored,
+    settle_flight,
+    validate_stored,
+)
+from ._keys import transcript_hash
+from ._models import (
+    AnalysisResult,
+    CacheStatus,
+    StoredAnalysis,
+    Turn,
+    validate_session_id,
+)
+from ._protocols import Analyzer
+from ._retry import STORE_RETRY, RetryPolicy
+from ._stats import CacheStats, ModelPrice, StatsRecorder
+from ._stores._retrying import AsyncRetryingStore
+from ._transcripts import TranscriptInput, parse_transcript
+from .exceptions import (
+    CacheStoreError,
+    ClaimTimeoutError,
+    ConfigurationError,
+    SessionNotFoundError,
+)
+
+__all__ = ["AsyncAnalysisCache"]
+
+logger = logging.getLogger(__name__)
+
+AnalysisT = TypeVar("AnalysisT", bound=BaseModel)
+
+
+class AsyncAnalysisCache(Generic[AnalysisT]):
+    """
+    ``AnalysisCache`` for asyncio: the same methods, results, errors, logs
+    and database protocol, without blocking the event loop.
+
+    Concurrent tasks of one event loop that ask for the same session and
+    transcript share one computation; across processes, the claim in
+    ``salesai_analysis_claims`` decides who computes, as for
+    ``AnalysisCache``, and waiters poll with ``asyncio.sleep``. Sync and
+    async caches on one database cooperate.
+
+    Cancelling a call stops it at once: a computing caller releases its
+    claim (shielded from the cancellation) so that another caller computes
+    at once, and nothing is stored. When the task leading an in-process
+    computation is cancelled, the tasks waiting for it do not fail: one of
+    them takes over the computation.
+
+    Use one cache per event loop: asyncio primitives and async connections
+    belong to the loop they were made in.
+
+    Args:
+        client: a supabase ``AsyncClient`` (``acreate_client``), a psycopg 3
+            ``AsyncConnection``, or any object implementing
+            ``AsyncAnalysisStore``. It stays open when the cache closes; use
+            ``from_supabase_url`` or ``from_postgres_url`` for a cache that
+            owns its client.
+        analyzer: an async analyzer such as ``AsyncOpenAIAnalyzer``, or a
+            sync one such as ``ConversationMetricsAnalyzer``, which then runs
+            in a worker thread (``ThreadedAnalyzer``).
+        lease_seconds, wait_timeout, poll_interval, max_poll_interval: as
+            for ``AnalysisCache``.
+
+    Raises:
+        TypeError: ``client`` is none of the accepted types, such as a sync
+            client.
+        InvalidInputError: a duration is not positive, or
+            ``max_pending_writes`` is below 1.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        analyzer: AsyncAnalyzer[AnalysisT] | Analyzer[AnalysisT],
+        *,
+        lease_seconds: float = 120.0,
+        wait_timeout: float | None = None,
+        poll_interval: float = 0.02,
+        max_poll_interval: float = 0.25,
+        prices: Mapping[str, ModelPrice] | None = None,
+        store_retry: RetryPolicy = STORE_RETRY,
+        max_pending_writes: int = 100,
+    ) -> None:
+        check_durations(
+            lease_seconds=lease_seconds,
+            wait_timeout=wait_timeout,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+        )
+        check_max_pending(max_pending_writes)
+        self._store = _make_async_store(client)
+        self._io = AsyncRetryingStore(self._store, store_retry)
+        self._memory: WriteMemory[AnalysisT] = WriteMemory(max_pending_writes, logger)
+        self._stats = StatsRecorder(prices)
+        self._analyzer = _async_analyzer(analyzer)
+        self._lease_seconds = lease_seconds
+        self._wait_timeout = (
+            lease_seconds + 10.0 if wait_timeout is None else wait_timeout
+        )
+        self._poll_interval = poll_interval
+        self._max_poll_interval = max(max_poll_interval, poll_interval)
+        self._flights: AsyncSingleFlight[AnalysisResult[AnalysisT]] = (
+            AsyncSingleFlight()
+        )
+        self._owns_client = False
+        self._closed = False
+        self._releases: set[asyncio.Future[None]] = set()
+
+    @classmethod
+    async def from_supabase_url(
+        cls,
+        url: str,
+        key: str,
+        analyzer: AsyncAnalyzer[AnalysisT] | Analyzer[AnalysisT],
+        **options: Any,
+    ) -> AsyncAnalysisCache[AnalysisT]:
+        """
+        Return a cache over a supabase ``AsyncClient`` that it creates and
+        closes in ``aclose``.
+
+        Args:
+            url: the project URL, such as ``https://<ref>.supabase.co``.
+            key: the service-role (secret) key; it is never logged.
+            analyzer: as for the constructor.
+            options: the constructor's keyword arguments.
+        """
+        from supabase import acreate_client
+
+        client = await acreate_client(url, key)
+        cache = cls(client, analyzer, **options)
+        cache._owns_client = True
+        return cache
+
+    @classmethod
+    async def from_postgres_url(
+        cls,
+        conninfo: str,
+        analyzer: AsyncAnalyzer[AnalysisT] | Analyzer[AnalysisT],
+        **options: Any,
+    ) -> AsyncAnalysisCache[AnalysisT]:
+        """
+        Return a cache over a psycopg ``AsyncConnection`` (autocommit) that
+        it opens and closes in ``aclose``.
+
+        Args:
+            conninfo: a libpq connection string or URL.
+            analyzer: as for the constructor.
+            options: the constructor's keyword arguments.
+
+        Raises:
+            CacheStoreError: the connection failed.
+        """
+        import psycopg
+
+        from .exceptions import CacheStoreError
+
+        try:
+            conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+        except psycopg.Error as error:
+            # The conninfo may hold a password, so it stays out of the message.
+            raise CacheStoreError(
+                f"connecting to PostgreSQL failed ({type(error).__name__}); "
+                "check the connection string and that the server is reachable"
+            ) from error
+        try:
+            cache = cls(conn, analyzer, **options)
+        except BaseException:
+            await conn.close()
+            raise
+        cache._owns_client = True
+        return cache
+
+    async def __aenter__(self) -> AsyncAnalysisCache[AnalysisT]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """
+        Close the client if the cache created it (``from_supabase_url``,
+        ``from_postgres_url``); a client passed in stays open. Closing twice
+        does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            close = getattr(self._store, "aclose", None)
+            if close is not None:
+                await close()
+
+    @property
+    def store(self) -> AsyncAnalysisStore:
+        """
+        The store that reads and writes analyses.
+        """
+        return self._store
+
+    @property
+    def pending_writes(self) -> int:
+        """
+        How many computed analyses wait in memory for their database write.
+        """
+        return self._memory.pending_count()
+
+    async def flush_pending(self) -> int:
+        """
+        Write every analysis whose database write failed earlier, such as
+        from the application's shutdown (a lifespan's exit), so that
+        analyses paid for reach the database.
+
+        Returns:
+            The number written; those still failing stay pending and are
+            logged at WARNING.
+        """
+        written = 0
+        for session_id in self._memory.pending_sessions():
+            written += await self._write_pending(session_id)
+        return written
+
+    def stats(self) -> CacheStats:
+        """
+        Return a snapshot of what this cache did since it was created, as
+        ``AnalysisCache.stats`` counts it.
+        """
+        return self._stats.snapshot()
+
+    @property
+    def analyzer(self) -> AsyncAnalyzer[AnalysisT]:
+        """
+        The analyzer called on a miss (a sync one wrapped in
+        ``ThreadedAnalyzer``).
+        """
+        return self._analyzer
+
+    async def get_or_compute(
+        self,
+        session_id: object,
+        transcript: TranscriptInput | None = None,
+        *,
+        allow_stale: bool = False,
+    ) -> AnalysisResult[AnalysisT]:
+        """
+        Return the analysis of a session, computing and storing it on a miss.
+
+        Args and Returns: as ``AnalysisCache.get_or_compute``.
+
+        Raises:
+            InvalidInputError: the session id or the transcript is invalid.
+            SessionNotFoundError: the session row does not exist.
+            AnalyzerError: the analyzer failed; nothing was stored.
+            ClaimTimeoutError: another worker held the claim too long.
+            CacheStoreError: a database call failed after its retries. When
+                only the write of a computed analysis fails, the analysis is
+                returned (status ``MISS``) and kept in memory to write later.
+            ConfigurationError: the database accepted the write but hides
+                the stored analysis from this role.
+            asyncio.CancelledError: the call was cancelled; its claim is
+                released and nothing was stored.
+        """
+        key = validate_session_id(session_id)
+        turns = await self._turns(key, transcript)
+        fingerprint = transcript_hash(turns)
+        pending = await self._serve_pending(key, fingerprint)
+        if pending is not None:
+            return pending
+        if allow_stale:
+            served = self._read(await self._io.fetch(key), fingerprint)
+            if served is not None:
+                log_found(logger, served)
+                self._stats.record(served)
+                return served
+
+        async def obtain() -> AnalysisResult[AnalysisT]:
+            return await self._obtain(key, turns, fingerprint, force=False)
+
+        flight = (key, fingerprint, self._analyzer.analysis_version)
+        result, shared = await self._flights.run(flight, obtain)
+        # The caller that computed counted its miss in _obtain.
+        return settle_flight(result, shared, self._stats)
+
+    async def refresh(
+        self, session_id: object, transcript: TranscriptInput | None = None
+    ) -> AnalysisResult[AnalysisT]:
+        """
+        Recompute the analysis of a session and store it, even when fresh.
+
+        Raises:
+            The exceptions of ``get_or_compute``.
+        """
+        key = validate_session_id(session_id)
+        turns = await self._turns(key, transcript)
+        fingerprint = transcript_hash(turns)
+
+        async def obtain() -> AnalysisResult[AnalysisT]:
+            return await self._obtain(key, turns, fingerprint, force=True)
+
+        flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
+        result, shared = await self._flights.run(flight, obtain)
+        # The caller that computed counted its miss in _obtain.
+        return settle_flight(result, shared, self._stats)
+
+    async def invalidate(
+        self,
+        session_id: object | None = None,
+        *,
+        analysis_version: str | None = None,
+    ) -> int:
+        """
+        Delete stored analyses, by session, by analysis version, or both.
+
+        Returns:
+            The number of analyses deleted.
+
+        Raises:
+            InvalidInputError: neither filter is given, or the session id is
+                invalid.
+        """
+        check_invalidate(session_id, analysis_version)
+        key = None if session_id is None else validate_session_id(session_id)
+        deleted = await self._io.invalidate(key, analysis_version)
+        self._memory.forget(key)
+        logger.info(
+            "Invalidated %d cached analyses (session %s, analysis version %s)",
+            deleted,
+            key,
+            analysis_version,
+        )
+        return deleted
+
+    async def get(
+        self, session_id: object, transcript: TranscriptInput | None = None
+    ) -> AnalysisResult[AnalysisT] | None:
+        """
+        Return the stored analysis of a session without computing one.
+
+        Returns:
+            As ``AnalysisCache.get``.
+        """
+        key = validate_session_id(session_id)
+        fingerprint = None
+        if transcript is not None:
+            fingerprint = transcript_hash(parse_transcript(transcript))
+        return self._read(await self._io.fetch(key), fingerprint)
+
+    async def get_by_conversation(
+        self, conversation_id: str
+    ) -> AnalysisResult[AnalysisT] | None:
+        """
+        Return the cached analysis of a conversation, looked up by its
+        ``salesai_sessions.conversation_id`` (see
+        ``AnalysisCache.get_by_conversation``).
+
+        Raises:
+            InvalidInputError: ``conversation_id`` is not a non-empty string.
+        """
+        check_conversation_id(conversation_id)
+        stored = await self._io.fetch_by_conversation(conversation_id)
+        cached = self._read(stored, None)
+        if cached is not None:
+            log_found(logger, cached)
+        return cached
+
+    async def get_many(self, session_ids: Iterable[object]) -> BatchResult[AnalysisT]:
+        """
+        Return the stored analyses of many sessions without computing any
+        (see ``AnalysisCache.get_many``).
+
+        Raises:
+            InvalidInputError: ``session_ids`` is a string, or an id is not a
+                UUID; raised before any request.
+            CacheStoreError: the database call failed.
+        """
+        keys = check_session_ids(session_ids)
+        if not keys:
+            return BatchResult()
+        fetch_many = getattr(self._store, "fetch_many", None)
+        if callable(fetch_many):
+            rows: list[StoredAnalysis] = await self._io.retried(
+                f"Reading the analyses of {len(keys)} sessions",
+                lambda: fetch_many(keys),
+            )
+        else:
+            # A custom store without fetch_many: one lookup per session.
+            fetched = [await self._io.fetch(key) for key in keys]
+            rows = [row for row in fetched if row is not None]
+        return build_batch(keys, rows, lambda row: self._read(row, None), logger)
+
+    async def _turns(
+        self, session_id: str, transcript: TranscriptInput | None
+    ) -> tuple[Turn, ...]:
+        if transcript is not None:
+            return parse_transcript(transcript)
+        raw = await self._io.fetch_transcript(session_id)
+        return parse_stored_transcript(session_id, raw)
+
+    async def _obtain(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        fingerprint: str,
+        *,
+        force: bool,
+    ) -> AnalysisResult[AnalysisT]:
+        """
+        Look up, claim and compute, or wait for the worker that holds the
+        claim, until this session has a fresh analysis.
+        """
+        version = self._analyzer.analysis_version
+        claimant = _new_claimant()
+        started = time.monotonic()
+        delay = self._poll_interval
+        waited = False
+        force_claim = force
+        while True:
+            try:
+                lookup = await self._io.lookup(
+                    session_id,
+                    fingerprint,
+                    version,
+                    claimant,
+                    self._lease_seconds,
+                    force=force_claim,
+                )
+            except asyncio.CancelledError:
+                # The lookup may have taken the claim before the cancellation.
+                await self._release_shielded(session_id, claimant)
+                raise
+            if lookup.claimed:
+                verify = lookup.stored is None and await self._suspect_hidden(
+                    session_id, fingerprint, claimant
+                )
+                computed = await self._compute(
+                    session_id, turns, fingerprint, claimant, verify=verify
+                )
+                self._stats.record(
+                    computed, stale=not force and lookup.stored is not None
+                )
+                return computed
+
+            stored = lookup.stored
+            if lookup.fresh and stored is not None:
+                elapsed = time.monotonic() - started
+                if force and not _stored_within(stored, elapsed):
+                    # A refresh accepts only an analysis stored after it began.
+                    force_claim = True
+                    continue
+                status = CacheStatus.WAITED if waited else CacheStatus.HIT
+                result = validate_stored(
+                    stored, status, self._analyzer.output_model, logger
+                )
+                if result is not None:
+                    log_found(logger, result, waited=elapsed if waited else None)
+                    return result
+                force_claim = True
+                continue
+
+            elapsed = time.monotonic() - started
+            if elapsed >= self._wait_timeout:
+                raise ClaimTimeoutError(session_id, elapsed)
+            if not waited:
+                logger.debug(
+                    "Waiting for another worker to analyse session %s "
+                    "(its claim expires at %s)",
+                    session_id,
+                    lookup.claim_expires_at,
+                )
+            waited = True
+            force_claim = False
+            await asyncio.sleep(min(delay, self._wait_timeout - elapsed))
+            delay = min(delay * 1.5, self._max_poll_interval)
+
+    async def _compute(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        fingerprint: str,
+        claimant: str,
+        *,
+        verify: bool = False,
+    ) -> AnalysisResult[AnalysisT]:
+        logger.debug("Computing the analysis of session %s", session_id)
+        started = time.perf_counter()
+        try:
+            output = await self._analyzer.analyze(turns)
+        except BaseException:
+            # Let another caller take over at once instead of after the lease.
+            await self._release_shielded(session_id, claimant)
+            raise
+        logger.debug(
+            "Computed the analysis of session %s with %s in %.2f s",
+            session_id,
+            output.model,
+            time.perf_counter() - started,
+        )
+        version = self._analyzer.analysis_version
+        write = PendingWrite(output, fingerprint, version)
+        try:
+            stored = await self._io.save(
+                session_id, **write.save_arguments(), claimant=claimant
+            )
+        except (ConfigurationError, SessionNotFoundError):
+            await self._release_shielded(session_id, claimant)
+            raise
+        except CacheStoreError as error:
+            # The analysis is paid for and valid: serve it, and keep it to
+            # write on the next request for the session or flush_pending().
+            await self._release_shielded(session_id, claimant)
+            self._memory.keep(session_id, write, error)
+            return write.result(session_id, CacheStatus.MISS)
+        except BaseException:
+            await self._release_shielded(session_id, claimant)
+            raise
+        self._memory.saved(session_id, fingerprint, version)
+        if verify and await self._io.fetch(session_id) is None:
+            raise self._memory.hide(session_id)
+        return build_miss(session_id, output, stored, fingerprint, version)
+
+    # _suspect_hidden, _serve_pending and _write_pending mirror those of
+    # AnalysisCache line for line; they are separate because the store calls
+    # are awaited. The decisions are WriteMemory's, shared by both.
+
+    async def _suspect_hidden(
+        self, session_id: str, fingerprint: str, claimant: str
+    ) -> bool:
+        hidden, suspect = self._memory.suspect_hidden(
+            session_id, fingerprint, self._analyzer.analysis_version
+        )
+        if hidden:
+            await self._release_shielded(session_id, claimant)
+            raise hidden_error(session_id)
+        return suspect
+
+    async def _serve_pending(
+        self, session_id: str, fingerprint: str
+    ) -> AnalysisResult[AnalysisT] | None:
+        write = self._memory.pending(session_id)
+        if write is None:
+            return None
+        await self._write_pending(session_id)
+        return self._memory.serve(
+            session_id, write, fingerprint, self._analyzer.analysis_version
+        )
+
+    async def _write_pending(self, session_id: str) -> bool:
+        write = self._memory.pending(session_id)
+        if write is None:
+            return False
+        try:
+            await self._io.save(session_id, **write.save_arguments())
+        except PENDING_WRITE_ERRORS as error:
+            return self._memory.written(session_id, write, error)
+        return self._memory.written(session_id, write, None)
+
+    async def _release_shielded(self, session_id: str, claimant: str) -> None:
+        """
+        Release the claim, even when the calling task is being cancelled: the
+        release runs in a task of its own that a second cancellation of the
+        caller does not stop.
+        """
+        release = asyncio.ensure_future(self._release_quietly(session_id, claimant))
+        # The loop keeps only weak references to tasks.
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+        # Cancelled again while releasing: the release task finishes alone.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(release)
+
+    async def _release_quietly(self, session_id: str, claimant: str) -> None:
+        try:
+            await self._io.release(session_id, claimant)
+        except Exception as error:
+            # The claim then expires with its lease; the original error matters.
+            logger.warning(
+                "Could not release the claim on session %s: %s",
+                session_id,
+                error,
+            )
+
+    def _read(
+        self, stored: StoredAnalysis | None, fingerprint: str | None
+    ) -> AnalysisResult[AnalysisT] | None:
+        return read_stored(
+            stored,
+            fingerprint,
+            self._analyzer.output_model,
+            self._analyzer.analysis_version,
+            logger,
+        )
+
+
+def _async_analyzer(
+    analyzer: AsyncAnalyzer[AnalysisT] | Analyzer[AnalysisT],
+) -> AsyncAnalyzer[AnalysisT]:
+    """
+    Return an async analyzer as it is, and a sync one in ``ThreadedAnalyzer``.
+    """
+    if inspect.iscoroutinefunction(getattr(analyzer, "analyze", None)):
+        async_analyzer: AsyncAnalyzer[AnalysisT] = analyzer  # type: ignore[assignment]  # checked above
+        return async_analyzer
+    return ThreadedAnalyzer(analyzer)  # type: ignore[arg-type]  # a sync analyzer
+
+
+def _make_async_store(client: Any) -> AsyncAnalysisStore:
+    """
+    Wrap a client in the async store for its library, importing that library
+    lazily.
+    """
+    kind = client_kind(client)
+    if kind == "supabase":
+        from ._stores.async_supabase import AsyncSupabaseStore
+
+        return AsyncSupabaseStore(client)
+    if kind == "psycopg":
+        from ._stores.async_postgres import AsyncPostgresStore
+
+        return AsyncPostgresStore(client)
+    if kind == "store" and all(
+        inspect.iscoroutinefunction(getattr(client, name)) for name in STORE_METHODS
+    ):
+        store: AsyncAnalysisStore = client
+        return store
+    raise TypeError(
+        f"unsupported client {type(client).__module__}.{type(client).__name__}: "
+        "expected a supabase AsyncClient, a psycopg AsyncConnection or an "
+        "AsyncAnalysisStore"
+    )
