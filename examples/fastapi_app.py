@@ -89,6 +89,9 @@ def create_app(make_cache: CacheFactory = cache_from_environment) -> FastAPI:
         async with await make_cache() as cache:
             app.state.cache = cache
             yield
+            # Analyses whose write failed are kept in memory: write them
+            # before the connections close.
+            await cache.flush_pending()
 
     app = FastAPI(title="salesai-cache example", lifespan=lifespan)
 

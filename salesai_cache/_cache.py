@@ -296,11 +296,17 @@ class AnalysisCache(Generic[AnalysisT]):
 
         The status is ``HIT`` when the analysis version matches the analyzer
         (and the transcript hash matches ``transcript``, when given), else
-        ``STALE``.
+        ``STALE``. Without ``transcript`` the transcript is not compared, so
+        an analysis made from another transcript than the session row's
+        reads as ``HIT``.
 
         Returns:
             The analysis, or ``None`` when the session has none (or only one
             that no longer validates against the analyzer's output model).
+
+        Raises:
+            InvalidInputError: the session id or the transcript is invalid.
+            CacheStoreError: the database call failed.
         """
         key = validate_session_id(session_id)
         fingerprint = None

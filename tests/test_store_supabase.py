@@ -914,6 +914,16 @@ def test_connect_error_host(api: respx.MockRouter, store: SupabaseStore) -> None
         store.fetch(SESSION_ID)
 
 
+def test_read_timeout_says_timed_out(
+    api: respx.MockRouter, store: SupabaseStore
+) -> None:
+    api.get("/salesai_analysis_results").mock(
+        side_effect=httpx.ReadTimeout("no answer")
+    )
+    with pytest.raises(CacheStoreError, match=r"timed out waiting for supabase\.test"):
+        store.fetch(SESSION_ID)
+
+
 def test_connect_error_hides_key(api: respx.MockRouter, store: SupabaseStore) -> None:
     api.post(RPC_SAVE).mock(side_effect=httpx.ConnectError(f"refused, key={API_KEY}"))
     with pytest.raises(CacheStoreError) as info:

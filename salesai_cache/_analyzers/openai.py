@@ -531,7 +531,8 @@ def _without_sdk_retries(
             return factory(max_retries=0)
         except openai.OpenAIError as error:
             raise AnalyzerError(
-                f"cannot create an OpenAI client: {error}. Set OPENAI_API_KEY "
+                f"cannot create an OpenAI client: {str(error).rstrip('.')}. "
+                "Set OPENAI_API_KEY "
                 f"or pass client=openai.{factory.__name__}(api_key=...)"
             ) from error
     if not client.max_retries:

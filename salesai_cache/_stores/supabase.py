@@ -390,10 +390,16 @@ def _request_error(
     # The message names the host only: the URL's query holds filter values
     # and the headers hold the API key.
     host = error.request.url.host if _has_request(error) else "Supabase"
+    if isinstance(error, httpx.TimeoutException) and not isinstance(
+        error, httpx.ConnectTimeout
+    ):
+        problem = f"timed out waiting for {host} to answer"
+        advice = "the server is slow or overloaded; retry later"
+    else:
+        problem = f"could not reach {host}"
+        advice = "check the project URL and the network, then retry"
     return CacheStoreError(
-        f"{action} failed: could not reach {host} "
-        f"({type(error).__name__}); check the project URL and the network, "
-        "then retry",
+        f"{action} failed: {problem} ({type(error).__name__}); {advice}",
         # A timeout or a dropped connection may pass next time; an invalid
         # URL or a refused TLS handshake will not either way.
         retryable=isinstance(error, httpx.TransportError),
