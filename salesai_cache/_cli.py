@@ -209,7 +209,7 @@ def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
         print(f"baseline  {name} (found in the database; {verb} record)", file=out)
     for name in applied:
         action = "would apply" if args.dry_run else "applied"
-        print(f"{action:<11}{name}", file=out)
+        print(f"{action:<11} {name}", file=out)
     if not baseline and not applied:
         print("Up to date: no pending migration.", file=out)
     return 0

@@ -147,7 +147,7 @@ def test_cli_migrate_dry_run_lists(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, out, _ = run(capsys, "migrate", "--dry-run", "--db-url", bare_database_url)
-    assert out.count("would apply") == len(migration_names())
+    assert out.count("would apply migrations/") == len(migration_names())
 
 
 @pytest.mark.sql
