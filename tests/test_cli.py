@@ -18,7 +18,7 @@ from salesai_cache import AnalyzerOutput, Turn
 from salesai_cache.__main__ import main
 from salesai_cache._backfill import run_backfill
 from salesai_cache._cli import mask_url
-from salesai_cache._local.database import create_auth_user
+from salesai_cache._local.database import apply_sql, create_auth_user
 from salesai_cache._sql import migration_names
 
 PASSWORD = "s3cr3t-Pa55word"
@@ -125,6 +125,21 @@ def test_cli_migrate_twice_up_to_date(
     run(capsys, "migrate", "--db-url", bare_database_url)
     _, out, _ = run(capsys, "migrate", "--db-url", bare_database_url)
     assert "Up to date" in out
+
+
+@pytest.mark.sql
+def test_cli_migrate_after_rollback_reapplies(
+    legacy_db: psycopg.Connection[Any],
+    bare_database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """
+    A rollback file forgets its migration, so migrate applies it again.
+    """
+    run(capsys, "migrate", "--db-url", bare_database_url)
+    apply_sql(legacy_db, "migrations/002_add_freshness_and_claims_rollback")
+    _, out, _ = run(capsys, "migrate", "--db-url", bare_database_url)
+    assert "applied     migrations/002_add_freshness_and_claims" in out
 
 
 @pytest.mark.sql

@@ -78,4 +78,15 @@ alter table public.salesai_analysis_results
 alter table public.salesai_sessions
   drop column if exists conversation_id;
 
+-- salesai-cache migrate records applied migrations; forget this one, so
+-- that migrate applies it again.
+do $$
+begin
+  if to_regclass('public.salesai_schema_migrations') is not null then
+    delete from public.salesai_schema_migrations
+    where name = 'migrations/001_add_conversation_id_and_caching';
+  end if;
+end
+$$;
+
 commit;

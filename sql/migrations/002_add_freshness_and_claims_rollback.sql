@@ -55,4 +55,15 @@ alter table public.salesai_analysis_results
   drop column if exists analysis_version,
   drop column if exists transcript_hash;
 
+-- salesai-cache migrate records applied migrations; forget this one, so
+-- that migrate applies it again.
+do $$
+begin
+  if to_regclass('public.salesai_schema_migrations') is not null then
+    delete from public.salesai_schema_migrations
+    where name = 'migrations/002_add_freshness_and_claims';
+  end if;
+end
+$$;
+
 commit;
