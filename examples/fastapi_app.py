@@ -62,9 +62,14 @@ async def cache_from_environment() -> AsyncAnalysisCache[Any]:
         return await AsyncAnalysisCache.from_postgres_url(
             os.environ["DATABASE_URL"], analyzer
         )
-    return await AsyncAnalysisCache.from_supabase_url(
-        os.environ["SUPABASE_URL"], os.environ["SUPABASE_SECRET_KEY"], analyzer
-    )
+    url = os.environ.get("SUPABASE_URL")
+    key = os.environ.get("SUPABASE_SECRET_KEY")
+    if not url or not key:
+        raise RuntimeError(
+            "no database configured: set DATABASE_URL, or SUPABASE_URL and "
+            "SUPABASE_SECRET_KEY"
+        )
+    return await AsyncAnalysisCache.from_supabase_url(url, key, analyzer)
 
 
 def get_cache(request: Request) -> AsyncAnalysisCache[Any]:
@@ -125,5 +130,7 @@ def __getattr__(name: str) -> Any:
     # ``uvicorn examples.fastapi_app:app`` builds the app on first access, so
     # importing this module needs no environment.
     if name == "app":
-        return create_app()
+        app = create_app()
+        globals()["app"] = app
+        return app
     raise AttributeError(name)
