@@ -56,8 +56,6 @@ _SELECT = ",".join(ANALYSIS_COLUMNS)
 # so the lookup is one request instead of one per session.
 _SELECT_BY_CONVERSATION = f"{_SELECT},{SESSIONS_TABLE}!inner(conversation_id)"
 _FUNCTION_TABLES = f"{ANALYSIS_TABLE} and {CLAIMS_TABLE}"
-# Built by value: with mypy's target of Python 3.10, which lacks
-# enum.StrEnum, the members of these enums type as plain str.
 _MINIMAL = ReturnMethod("minimal")
 # The longest request URL that get_many sends, in bytes once percent-encoded.
 # 8 KB is the limit this library documents, chosen as a common request-line
