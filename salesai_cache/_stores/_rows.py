@@ -75,6 +75,7 @@ _RELOAD_HINT = (
     "\"notify pgrst, 'reload schema'\" (or restart the API)."
 )
 
+
 def parse_timestamp(value: object) -> dt.datetime | None:
     """
     Return a timestamp column as a datetime.
