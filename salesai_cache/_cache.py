@@ -66,7 +66,7 @@ class AnalysisCache(Generic[AnalysisT]):
     Get-or-compute of conversation analyses, stored in Postgres.
 
     The first request for a session calls the analyzer and upserts the result
-    into ``salesai_analysis_results``; every later request, from any process
+    into ``salesai_analysis_results``. Every later request, from any process
     that shares the database, reads it back without calling the analyzer.
 
     A stored analysis is fresh while both the hash of the normalised
@@ -200,7 +200,7 @@ class AnalysisCache(Generic[AnalysisT]):
                 ``STALE``, instead of recomputing it. One more round trip.
 
         Returns:
-            The analysis; ``result.status`` says how it was obtained.
+            The analysis; ``result.status`` is how it was obtained.
 
         Raises:
             InvalidInputError: the session id or the transcript is invalid.
@@ -267,7 +267,8 @@ class AnalysisCache(Generic[AnalysisT]):
         """
         Delete stored analyses, by session, by analysis version, or both.
 
-        Every process sees the deletion at once: the next request recomputes.
+        The deletion takes effect for every process at once, because the
+        next request of any process recomputes.
 
         Returns:
             The number of analyses deleted.
@@ -377,7 +378,7 @@ class AnalysisCache(Generic[AnalysisT]):
         """
         Return a snapshot of what this cache did since it was created: hits,
         misses, stale recomputes, waits, and the tokens and estimated cost
-        that the calls answered without the model saved (see ``CacheStats``).
+        saved by calls served without the model (see ``CacheStats``).
         """
         return self._stats.snapshot()
 
@@ -510,8 +511,8 @@ class AnalysisCache(Generic[AnalysisT]):
         this role: this cache stored one with the same fingerprints.
 
         Another process may have deleted it (``invalidate``), so the analysis
-        is computed again and read back after the write, which tells the two
-        apart. A session whose read-back came back empty raises
+        is computed again and read back after the write to distinguish the two
+        cases. A session whose read-back came back empty raises
         ``ConfigurationError`` at once, without a model call.
         """
         hidden, suspect = self._memory.suspect_hidden(

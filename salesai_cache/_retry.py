@@ -133,8 +133,9 @@ STORE_RETRY = RetryPolicy(
 
 class WaitRetryAfter(wait_base):
     """
-    Wait what the failed reply's ``retry-after-ms`` or ``Retry-After`` header
-    asks, capped, else back off exponentially with jitter.
+    Wait the time that the failed reply's ``retry-after-ms`` or
+    ``Retry-After`` header requests, capped, else back off exponentially with
+    jitter.
     """
 
     def __init__(self, policy: RetryPolicy) -> None:

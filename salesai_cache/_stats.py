@@ -1,5 +1,5 @@
 """
-What the cache saved: in-process counters and estimated model prices.
+Savings of the cache: in-process counters and estimated model prices.
 """
 
 from __future__ import annotations

@@ -33,14 +33,14 @@ DEFAULT_MODEL = "gpt-4o-mini"
 # Validation errors quoted in an AnalyzerError message; the rest are counted.
 _MAX_QUOTED_ERRORS = 3
 
-# The size check estimates tokens as characters / 4, OpenAI's rule of thumb
-# for English text; it avoids a tokenizer dependency and errs on both sides
-# for other languages, so the limit keeps a margin below the context window.
+# The size check estimates tokens as characters / 4, a common estimate for
+# English text that needs no tokenizer. It errs either way for other
+# languages, so the default limit keeps a margin below the context window.
 CHARS_PER_TOKEN = 4
 
 _ClientT = TypeVar("_ClientT", openai.OpenAI, openai.AsyncOpenAI)
 
-# What the client's parse call raises for a failed request or a bad reply.
+# Exceptions of the client's parse call for a failed request or a bad reply.
 _REQUEST_ERRORS = (
     openai.OpenAIError,
     ValidationError,
@@ -107,7 +107,7 @@ class _OpenAIAnalyzerBase(Generic[_ClientT]):
     def analysis_version(self) -> str:
         """
         The requested model with a digest of the system prompt, the
-        temperature and the ``SalesCallAnalysis`` schema; changing any of
+        temperature and the ``SalesCallAnalysis`` schema. Changing any of
         them makes analyses stored before the change stale.
         """
         return self._analysis_version
@@ -171,8 +171,8 @@ class _OpenAIAnalyzerBase(Generic[_ClientT]):
 
     def _output_retry_kwargs(self) -> dict[str, Any]:
         """
-        Return the tenacity arguments of the loop that asks again for an
-        unusable reply, without waiting.
+        Return the tenacity arguments of the loop that requests a new reply
+        after an unusable one, without waiting.
         """
         return {
             "stop": tenacity.stop_after_attempt(self._output_retries + 1),
@@ -296,11 +296,11 @@ class OpenAIAnalyzer(_OpenAIAnalyzerBase[openai.OpenAI]):
     against the model again locally, including the score ranges.
 
     Retries: a rate limit (429), a 5xx reply, a timeout or a lost connection
-    is retried by ``retry`` (tenacity), which waits what the ``retry-after-ms``
-    or ``Retry-After`` header asks, up to a cap, else backs off exponentially
-    with jitter, within a total deadline. The openai SDK's own retries are
-    turned off (``client.with_options(max_retries=0)``), so the two layers do
-    not multiply. 400, 401, 403, 404 and a 429 with code
+    is retried by ``retry`` (tenacity). It waits the time that the
+    ``retry-after-ms`` or ``Retry-After`` header requests, up to a cap, else
+    backs off exponentially with jitter, within a total deadline. The openai
+    SDK's own retries are turned off (``client.with_options(max_retries=0)``),
+    so the two layers do not multiply. 400, 401, 403, 404 and a 429 with code
     ``insufficient_quota`` fail at once. A reply that does not validate, a
     refusal, or a reply cut off by the length limit or the content filter is
     requested again up to ``output_retries`` times; it is never returned.

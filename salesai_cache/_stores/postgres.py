@@ -266,7 +266,7 @@ class PostgresStore:
 
     def release(self, session_id: str, claimant: str) -> None:
         """
-        Delete ``claimant``'s claim on a session, if it still holds it.
+        Delete ``claimant``'s claim on a session, if the claim is still its own.
         """
         self._rowcount(
             _RELEASE,
@@ -471,8 +471,8 @@ def _store_error(
     role: str | None,
 ) -> SalesAICacheError:
     """
-    Return the library exception for a failed psycopg call; ``closed`` says
-    whether the connection is closed, ``role`` names the role in a
+    Return the library exception for a failed psycopg call. ``closed`` is
+    whether the connection is closed, and ``role`` names the role in a
     permission error.
     """
     if isinstance(error, psycopg.OperationalError):

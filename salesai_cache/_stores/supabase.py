@@ -274,7 +274,7 @@ class SupabaseStore:
 
     def release(self, session_id: str, claimant: str) -> None:
         """
-        Delete ``claimant``'s claim on a session, if it still holds it.
+        Delete ``claimant``'s claim on a session, if the claim is still its own.
         """
         request = (
             self._table(CLAIMS_TABLE)
@@ -385,8 +385,8 @@ def _request_error(
             function=function,
             role=role() if error.code == "42501" else None,
         )
-    # The message names the host only: the URL's query holds filter values
-    # and the headers hold the API key.
+    # The message names the host only, because the URL's query contains
+    # filter values and the headers contain the API key.
     host = error.request.url.host if _has_request(error) else "Supabase"
     if isinstance(error, httpx.TimeoutException) and not isinstance(
         error, httpx.ConnectTimeout
@@ -578,7 +578,7 @@ def _row_list(response: APIResponse | SingleAPIResponse) -> list[Mapping[str, An
         rows = [row for row in data if isinstance(row, Mapping)]
     if not isinstance(data, list) or len(rows) != len(data):
         raise CacheStoreError(
-            "PostgREST answered with something other than a list of rows: check "
+            "PostgREST returned something other than a list of rows: check "
             "that the client points at <project>/rest/v1"
         )
     return rows
