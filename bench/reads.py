@@ -46,20 +46,36 @@ TRANSCRIPT = [
     {"speaker": "Rep", "text": "What would make this quarter a success?"},
     {"speaker": "Buyer", "text": "Cutting onboarding time in half."},
 ]
-ROUNDS = 5
+ROUNDS = 15
 
 
-def best_of(call: Callable[[], object], repeat: int) -> float:
+def compare(
+    baseline: Callable[[], object], candidate: Callable[[], object], repeat: int
+) -> tuple[float, float, float]:
     """
-    Return the median over ROUNDS of the mean time of ``repeat`` calls.
+    Time ``repeat`` calls of each, alternating over ROUNDS rounds so that both
+    see the same load on a shared machine.
+
+    Returns:
+        The median time per call of each, and the median of the per-round
+        ratios candidate / baseline.
     """
-    rounds = []
+    base_times, candidate_times, ratios = [], [], []
     for _ in range(ROUNDS):
-        started = time.perf_counter()
-        for _ in range(repeat):
-            call()
-        rounds.append((time.perf_counter() - started) / repeat)
-    return statistics.median(rounds)
+        pair = []
+        for call in (baseline, candidate):
+            started = time.perf_counter()
+            for _ in range(repeat):
+                call()
+            pair.append((time.perf_counter() - started) / repeat)
+        base_times.append(pair[0])
+        candidate_times.append(pair[1])
+        ratios.append(pair[1] / pair[0])
+    return (
+        statistics.median(base_times),
+        statistics.median(candidate_times),
+        statistics.median(ratios),
+    )
 
 
 def seed(url: str) -> list[str]:
@@ -93,13 +109,14 @@ def postgres(url: str, ids: list[str]) -> None:
         def hit() -> object:
             return cache.get_or_compute(target, TRANSCRIPT)
 
-        raw()
-        hit()
-        raw_s, hit_s = best_of(raw, 300), best_of(hit, 300)
+        for _ in range(100):
+            raw()
+            hit()
+        raw_s, hit_s, ratio = compare(raw, hit, 300)
         print("cache hit vs raw select (target <= 1.3x)")
         print(
             f"  postgres  raw {raw_s * 1e6:8.0f} us  hit {hit_s * 1e6:8.0f} us  "
-            f"ratio {hit_s / raw_s:5.2f}x"
+            f"ratio {ratio:5.2f}x"
         )
 
         statements: list[int] = []
@@ -118,12 +135,13 @@ def postgres(url: str, ids: list[str]) -> None:
         single_trips = len(statements)
         conn.cursor = original  # type: ignore[method-assign]
 
-        many_s = best_of(lambda: cache.get_many(ids), 1)
-        single_s = best_of(lambda: [cache.get(i) for i in ids], 1)
+        many_s, single_s, speedup = compare(
+            lambda: cache.get_many(ids), lambda: [cache.get(i) for i in ids], 1
+        )
         print(f"get_many of {SESSIONS} vs {SESSIONS} single gets (target >= 4x)")
         print(
             f"  postgres  single {single_s * 1e3:8.1f} ms  many {many_s * 1e3:8.1f} ms"
-            f"  speedup {single_s / many_s:5.1f}x  round trips {single_trips} vs "
+            f"  speedup {speedup:5.1f}x  round trips {single_trips} vs "
             f"{many_trips}"
         )
 
@@ -153,12 +171,13 @@ def supabase_side(url: str, ids: list[str]) -> None:
             def hit() -> object:
                 return cache.get_or_compute(target, TRANSCRIPT)
 
-            raw()
-            hit()
-            raw_s, hit_s = best_of(raw, 100), best_of(hit, 100)
+            for _ in range(20):
+                raw()
+                hit()
+            raw_s, hit_s, ratio = compare(raw, hit, 50)
             print(
                 f"  supabase  raw {raw_s * 1e6:8.0f} us  hit {hit_s * 1e6:8.0f} us  "
-                f"ratio {hit_s / raw_s:5.2f}x"
+                f"ratio {ratio:5.2f}x"
             )
             emulator.requests.clear()
             cache.get_many(ids)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import os
 import socket
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -188,7 +188,10 @@ def validate_stored(
     validate against ``output_model``.
     """
     try:
-        analysis = output_model.model_validate(stored.analysis)
+        if isinstance(stored.analysis, str):
+            analysis = output_model.model_validate_json(stored.analysis)
+        else:
+            analysis = output_model.model_validate(stored.analysis)
     except ValidationError as error:
         logger.debug(
             "Ignoring the stored analysis of session %s: it does not "
@@ -574,12 +577,18 @@ def client_kind(client: Any) -> Literal["supabase", "psycopg", "store"] | None:
     return None
 
 
+@functools.cache
+def _claimant_prefix(pid: int) -> str:
+    # Keyed by the process id, so that a forked worker names itself.
+    return f"{socket.gethostname()}:{pid}:"
+
+
 def _new_claimant() -> str:
     """
     Return a claimant id that names this host and process, for operators
     reading ``salesai_analysis_claims``, and is unique per call.
     """
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return _claimant_prefix(os.getpid()) + os.urandom(6).hex()
 
 
 def _stored_within(stored: StoredAnalysis, seconds: float) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -26,6 +27,10 @@ __all__ = [
 ]
 
 AnalysisT = TypeVar("AnalysisT", bound=BaseModel)
+
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII
+)
 
 
 class Turn(BaseModel):
@@ -67,15 +72,17 @@ class StoredAnalysis:
     """
     One ``salesai_analysis_results`` row as a store returns it.
 
-    ``analysis`` is the raw JSON object from the ``analysis`` column; the cache
-    validates it against the analyzer's output model. ``transcript_hash`` and
-    ``analysis_version`` are ``None`` for rows stored before migration 002.
+    ``analysis`` is the ``analysis`` column as a decoded JSON object, or as
+    JSON text when the store leaves the parsing to the cache, which
+    validates either against the analyzer's output model (text in one pass).
+    ``transcript_hash`` and ``analysis_version`` are ``None`` for rows stored
+    before migration 002.
     ``age_seconds`` is the time since ``updated_at`` by the database's clock,
     when the query computed it.
     """
 
     session_id: str
-    analysis: dict[str, Any]
+    analysis: dict[str, Any] | str
     model: str
     usage: TokenUsage
     created_at: dt.datetime | None
@@ -168,6 +175,9 @@ def validate_session_id(session_id: object) -> str:
     """
     if isinstance(session_id, uuid.UUID):
         return str(session_id)
+    if isinstance(session_id, str) and _CANONICAL_UUID.fullmatch(session_id):
+        # Already in the form uuid.UUID would return, without parsing it.
+        return session_id
     if not isinstance(session_id, str):
         raise InvalidInputError(
             f"invalid session id {session_id!r}: expected a UUID string, "

@@ -17,7 +17,10 @@ class _Call(Generic[T]):
     __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        # Held by the leader until it finishes: a lock is cheaper to create
+        # than an Event, and most calls have no follower to wake.
+        self.done = threading.Lock()
+        self.done.acquire()
         self.value: T | None = None
         self.error: BaseException | None = None
 
@@ -54,7 +57,8 @@ class SingleFlight(Generic[T]):
                 call = _Call()
                 self._calls[key] = call
         if not leader:
-            call.done.wait()
+            with call.done:
+                pass
             if call.error is not None:
                 raise call.error
             return call.value, True  # type: ignore[return-value]  # set by the leader
@@ -66,5 +70,5 @@ class SingleFlight(Generic[T]):
         finally:
             with self._lock:
                 del self._calls[key]
-            call.done.set()
+            call.done.release()
         return call.value, False

@@ -72,12 +72,25 @@ class RetryingStore:
         return self._call(action, call)
 
     def _call(self, name: str, call: Callable[[], _T]) -> _T:
+        # Most calls succeed at once: the first attempt runs without building
+        # the tenacity machinery, which would cost as much as a cache hit's
+        # own work. A failure is replayed as tenacity's first attempt, so the
+        # waits, the log lines and the attempt count are tenacity's.
+        try:
+            return call()
+        except Exception as error:
+            if not is_transient(error) or self._policy.attempts == 1:
+                raise
+            first: BaseException | None = error
         retrying = tenacity.Retrying(
             sleep=self._sleep,
             **self._policy.tenacity_kwargs(is_transient, name=name),
         )
         for attempt in retrying:
             with attempt:
+                if first is not None:
+                    failed, first = first, None
+                    raise failed
                 return call()
         raise AssertionError("unreachable")  # pragma: no cover  (tenacity raises)
 
@@ -215,14 +228,24 @@ class AsyncRetryingStore:
 
     async def retried(self, action: str, call: Callable[[], Awaitable[_T]]) -> _T:
         """
-        Await ``call``, retried as ``RetryingStore.retried`` runs it.
+        Await ``call``, retried as ``RetryingStore.retried`` runs it, the
+        first attempt outside tenacity as there.
         """
+        try:
+            return await call()
+        except Exception as error:
+            if not is_transient(error) or self._policy.attempts == 1:
+                raise
+            first: BaseException | None = error
         retrying = tenacity.AsyncRetrying(
             sleep=self._sleep,
             **self._policy.tenacity_kwargs(is_transient, name=action),
         )
         async for attempt in retrying:
             with attempt:
+                if first is not None:
+                    failed, first = first, None
+                    raise failed
                 return await call()
         raise AssertionError("unreachable")  # pragma: no cover  (tenacity raises)
 

@@ -133,8 +133,9 @@ def row_to_stored(row: Mapping[str, Any]) -> StoredAnalysis:
     """
     Return one ``salesai_analysis_results`` row as a ``StoredAnalysis``.
 
-    ``analysis`` is passed on as decoded; when it is not a JSON object the
-    cache's validation rejects it and the analysis is computed again. The
+    ``analysis`` is passed on as it came, decoded or as JSON text; when it is
+    not a JSON object the cache's validation rejects it and the analysis is
+    computed again. The
     fingerprints and ``age_seconds`` are ``None`` when the row lacks them.
 
     Raises:

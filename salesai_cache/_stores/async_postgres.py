@@ -40,6 +40,7 @@ from .postgres import (
     _hidden_row_error,
     _invalidate_query,
     _looked_up,
+    _lookup_params,
     _save_params,
     _saved,
     _store_error,
@@ -184,12 +185,12 @@ class AsyncPostgresStore:
         """
         row = await self._one(
             _LOOKUP,
-            (
+            _lookup_params(
                 session_id,
                 transcript_hash,
                 analysis_version,
                 claimant,
-                float(lease_seconds),
+                lease_seconds,
                 force,
             ),
             action=f"looking up the analysis of session {session_id}",
@@ -279,8 +280,8 @@ class AsyncPostgresStore:
 
     async def _one(
         self,
-        query: sql.Composed,
-        params: tuple[Any, ...],
+        query: sql.Composed | bytes,
+        params: Sequence[Any] | Mapping[str, Any],
         *,
         action: str,
         table: str,
@@ -302,7 +303,7 @@ class AsyncPostgresStore:
 
     async def _rowcount(
         self,
-        query: sql.Composed,
+        query: sql.Composed | bytes,
         params: tuple[Any, ...],
         *,
         action: str,

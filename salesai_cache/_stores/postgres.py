@@ -45,43 +45,102 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-_COLUMNS = sql.SQL(", ").join(sql.Identifier(column) for column in ANALYSIS_COLUMNS)
-_RESULT_COLUMNS = sql.SQL(", ").join(
-    sql.Identifier("r", column) for column in ANALYSIS_COLUMNS
-)
+
+# Read as text: the cache validates the analysis with pydantic's JSON parser,
+# faster than psycopg decoding it into a dict that pydantic then walks again,
+# and wants the session id as a string, which a uuid would be turned into.
+_AS_TEXT = frozenset({"session_id", "analysis"})
+
+
+def _columns(*qualifier: str) -> sql.Composed:
+    return sql.SQL(", ").join(
+        sql.SQL("{}::text as {}").format(
+            sql.Identifier(*qualifier, column), sql.Identifier(column)
+        )
+        if column in _AS_TEXT
+        else sql.Identifier(*qualifier, column)
+        for column in ANALYSIS_COLUMNS
+    )
+
+
+_COLUMNS = _columns()
+_RESULT_COLUMNS = _columns("r")
 _ANALYSES = sql.Identifier("public", ANALYSIS_TABLE)
 _SESSIONS = sql.Identifier("public", SESSIONS_TABLE)
-
-_FETCH = sql.SQL("select {columns} from {analyses} where session_id = %s").format(
-    columns=_COLUMNS, analyses=_ANALYSES
-)
-_FETCH_MANY = sql.SQL(
-    "select {columns} from {analyses} where session_id = any(%s::uuid[])"
-).format(columns=_COLUMNS, analyses=_ANALYSES)
-_FETCH_BY_CONVERSATION = sql.SQL(
-    "select {columns} from {analyses} r join {sessions} s on s.id = r.session_id "
-    "where s.conversation_id = %s order by r.updated_at desc limit 1"
-).format(columns=_RESULT_COLUMNS, analyses=_ANALYSES, sessions=_SESSIONS)
-_FETCH_TRANSCRIPT = sql.SQL("select transcript from {sessions} where id = %s").format(
-    sessions=_SESSIONS
-)
 _CLAIMS = sql.Identifier("public", CLAIMS_TABLE)
-# Named arguments, so that a function whose parameters were renamed fails as
-# undefined (42883) instead of receiving values in the wrong places.
-_LOOKUP = sql.SQL(
-    "select * from {function}(p_session_id => %s, p_transcript_hash => %s, "
-    "p_analysis_version => %s, p_claimant => %s, p_lease_seconds => %s, "
-    "p_force => %s)"
-).format(function=sql.Identifier("public", LOOKUP_FUNCTION))
-_SAVE = sql.SQL(
-    "select {columns} from {function}(p_session_id => %s, p_analysis => %s, "
-    "p_model => %s, p_prompt_tokens => %s, p_completion_tokens => %s, "
-    "p_total_tokens => %s, p_transcript_hash => %s, p_analysis_version => %s, "
-    "p_claimant => %s)"
-).format(columns=_COLUMNS, function=sql.Identifier("public", SAVE_FUNCTION))
-_RELEASE = sql.SQL(
-    "delete from {claims} where session_id = %s and claimant = %s"
-).format(claims=_CLAIMS)
+
+
+def _render(query: sql.Composed) -> bytes:
+    # psycopg renders a Composed query on every execute, which costs about as
+    # much as a single-row select on a local socket; these queries are
+    # constant, so they are rendered once.
+    return query.as_bytes()
+
+
+_FETCH = _render(
+    sql.SQL("select {columns} from {analyses} where session_id = %s").format(
+        columns=_COLUMNS, analyses=_ANALYSES
+    )
+)
+_FETCH_MANY = _render(
+    sql.SQL(
+        "select {columns} from {analyses} where session_id = any(%s::uuid[])"
+    ).format(columns=_COLUMNS, analyses=_ANALYSES)
+)
+_FETCH_BY_CONVERSATION = _render(
+    sql.SQL(
+        "select {columns} from {analyses} r join {sessions} s "
+        "on s.id = r.session_id "
+        "where s.conversation_id = %s order by r.updated_at desc limit 1"
+    ).format(columns=_RESULT_COLUMNS, analyses=_ANALYSES, sessions=_SESSIONS)
+)
+_FETCH_TRANSCRIPT = _render(
+    sql.SQL("select transcript from {sessions} where id = %s").format(
+        sessions=_SESSIONS
+    )
+)
+# A fresh analysis is read with a plain select, and the function, which may
+# take the claim, runs only when that select finds nothing: the Append node
+# runs its branches in order and the limit stops it after the first row, so
+# a hit costs about what a single-row select costs and a miss is still one
+# statement. (The function is parallel-unsafe, so the plan is never parallel
+# and the order holds.) Its arguments are named, so that a function whose
+# parameters were renamed fails as undefined (42883) instead of receiving
+# values in the wrong places.
+_LOOKUP = _render(
+    sql.SQL(
+        "(select {columns}, extract(epoch from pg_catalog.clock_timestamp() "
+        "- updated_at)::double precision as age_seconds, true as fresh, "
+        "false as claimed, null::timestamptz as claim_expires_at "
+        "from {analyses} where session_id = %(session)s "
+        "and transcript_hash = %(hash)s and analysis_version = %(version)s "
+        "and not %(force)s) "
+        "union all "
+        "(select {columns}, age_seconds, fresh, claimed, claim_expires_at "
+        "from {function}(p_session_id => %(session)s, "
+        "p_transcript_hash => %(hash)s, p_analysis_version => %(version)s, "
+        "p_claimant => %(claimant)s, p_lease_seconds => %(lease)s, "
+        "p_force => %(force)s)) "
+        "limit 1"
+    ).format(
+        columns=_COLUMNS,
+        analyses=_ANALYSES,
+        function=sql.Identifier("public", LOOKUP_FUNCTION),
+    )
+)
+_SAVE = _render(
+    sql.SQL(
+        "select {columns} from {function}(p_session_id => %s, p_analysis => %s, "
+        "p_model => %s, p_prompt_tokens => %s, p_completion_tokens => %s, "
+        "p_total_tokens => %s, p_transcript_hash => %s, "
+        "p_analysis_version => %s, p_claimant => %s)"
+    ).format(columns=_COLUMNS, function=sql.Identifier("public", SAVE_FUNCTION))
+)
+_RELEASE = _render(
+    sql.SQL("delete from {claims} where session_id = %s and claimant = %s").format(
+        claims=_CLAIMS
+    )
+)
 _FUNCTION_TABLES = f"{ANALYSIS_TABLE} and {CLAIMS_TABLE}"
 
 
@@ -211,12 +270,12 @@ class PostgresStore:
         """
         row = self._one(
             _LOOKUP,
-            (
+            _lookup_params(
                 session_id,
                 transcript_hash,
                 analysis_version,
                 claimant,
-                float(lease_seconds),
+                lease_seconds,
                 force,
             ),
             action=f"looking up the analysis of session {session_id}",
@@ -300,8 +359,8 @@ class PostgresStore:
 
     def _one(
         self,
-        query: sql.Composed,
-        params: tuple[Any, ...],
+        query: sql.Composed | bytes,
+        params: Sequence[Any] | Mapping[str, Any],
         *,
         action: str,
         table: str,
@@ -323,7 +382,7 @@ class PostgresStore:
 
     def _rowcount(
         self,
-        query: sql.Composed,
+        query: sql.Composed | bytes,
         params: tuple[Any, ...],
         *,
         action: str,
@@ -378,6 +437,24 @@ class PostgresStore:
                 closed=self._conn.closed,
                 role=self._role() if error.sqlstate == "42501" else None,
             ) from error
+
+
+def _lookup_params(
+    session_id: str,
+    transcript_hash: str,
+    analysis_version: str,
+    claimant: str,
+    lease_seconds: float,
+    force: bool,
+) -> dict[str, Any]:
+    return {
+        "session": session_id,
+        "hash": transcript_hash,
+        "version": analysis_version,
+        "claimant": claimant,
+        "lease": float(lease_seconds),
+        "force": force,
+    }
 
 
 def _save_params(
