@@ -10,6 +10,7 @@ A database that has no recorded migration yet, such as one set up with
 ``setup.sql`` (which includes every migration) or migrated by hand, is
 recognised by the objects each migration creates: those found are recorded
 as applied without running them (``baseline`` in the table's ``applied_by``).
+``status`` shows those as ``found`` until ``migrate`` records them.
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ class MigrationState:
     """
     One shipped migration and what the database has recorded of it.
 
-    ``status`` is ``applied``, ``pending`` or ``changed`` (applied, but the
-    shipped file's checksum differs from the recorded one).
+    ``status`` is ``applied``, ``pending``, ``changed`` (applied, but the
+    shipped file's checksum differs from the recorded one) or ``found`` (not
+    recorded, but its objects exist: ``migrate`` records it as baseline
+    without running it).
     """
 
     name: str
@@ -112,15 +115,17 @@ def migration_states(conn: psycopg.Connection[Any]) -> list[MigrationState]:
     """
     Return the state of every shipped migration, in the order they apply.
 
-    Reads only: a database without recorded migrations shows them as
-    ``pending`` even when ``migrate`` would recognise them as applied.
+    Reads only. On a database without recorded migrations, those whose
+    objects exist are ``found``, as ``migrate`` would record them.
     """
     recorded = _recorded(conn)
+    found = set() if recorded else set(_detect_applied(conn))
     states = []
     for name in migration_names():
         current = checksum(name)
         if name not in recorded:
-            states.append(MigrationState(name, "pending", current))
+            status = "found" if name in found else "pending"
+            states.append(MigrationState(name, status, current))
             continue
         stored, applied_at, applied_by = recorded[name]
         states.append(
