@@ -30,6 +30,7 @@ __all__ = [
     "MigrationState",
     "apply_migrations",
     "checksum",
+    "describe_changed",
     "migration_states",
 ]
 
@@ -141,6 +142,24 @@ def migration_states(conn: psycopg.Connection[Any]) -> list[MigrationState]:
     return states
 
 
+def describe_changed(names: list[str]) -> str:
+    """
+    Return a sentence naming the applied migrations whose files changed.
+    """
+    if len(names) == 1:
+        return (
+            f"the file of applied migration {names[0]} has changed since it was "
+            f"applied; compare it with 'salesai-cache sql {names[0]}' and the "
+            "database before migrating"
+        )
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+    return (
+        f"the files of applied migrations {listed} have changed since they "
+        "were applied; compare each with 'salesai-cache sql NAME' and the "
+        "database before migrating"
+    )
+
+
 def _detect_applied(conn: psycopg.Connection[Any]) -> list[str]:
     found = []
     for name in migration_names():
@@ -178,10 +197,7 @@ def apply_migrations(
         raise ValueError("migrate needs a connection in autocommit mode")
     changed = [s.name for s in migration_states(conn) if s.status == "changed"]
     if changed:
-        raise ValueError(
-            f"applied migrations differ from the shipped files: {changed}; "
-            "compare them with 'salesai-cache sql NAME' before migrating"
-        )
+        raise ValueError(describe_changed(changed))
     recorded = _recorded(conn)
     baseline = [] if recorded else _detect_applied(conn)
     pending = [

@@ -12,7 +12,7 @@ import pytest
 
 from salesai_cache.__main__ import main
 from salesai_cache._local.database import apply_sql
-from salesai_cache._migrate import migration_states
+from salesai_cache._migrate import describe_changed, migration_states
 from salesai_cache._sql import migration_names
 
 pytestmark = pytest.mark.sql
@@ -109,3 +109,47 @@ def test_status_reads_only(
         "select to_regclass('public.salesai_schema_migrations')"
     ).fetchone()
     assert row == (None,)
+
+
+# migrate when an applied migration's file changed
+
+
+@pytest.fixture
+def tampered(
+    database_url: str, db: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> str:
+    run(capsys, "migrate", "--db-url", database_url)
+    db.execute(
+        "update public.salesai_schema_migrations set checksum = 'abc' where name = %s",
+        (migration_names()[0],),
+    )
+    return database_url
+
+
+def test_migrate_changed_names_file(
+    tampered: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, _, err = run(capsys, "migrate", "--db-url", tampered)
+    assert f"applied migration {migration_names()[0]} has changed" in err
+
+
+def test_migrate_changed_prints_no_list(
+    tampered: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, _, err = run(capsys, "migrate", "--db-url", tampered)
+    assert "['" not in err
+
+
+def test_describe_changed_one() -> None:
+    assert describe_changed(["migrations/001_a"]) == (
+        "the file of applied migration migrations/001_a has changed since it "
+        "was applied; compare it with 'salesai-cache sql migrations/001_a' "
+        "and the database before migrating"
+    )
+
+
+def test_describe_changed_several() -> None:
+    message = describe_changed(["m/001", "m/002", "m/003"])
+    assert message.startswith(
+        "the files of applied migrations m/001, m/002 and m/003 have changed"
+    )
