@@ -14,6 +14,8 @@ from ._version import __version__
 
 __all__ = ["main"]
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 def _build_parser() -> argparse.ArgumentParser:
     from ._cli import add_operator_commands
@@ -26,12 +28,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="level of the log lines written to stderr (default: INFO)",
-    )
+    _log_level_option(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -42,7 +39,20 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add_demo_arguments(demo)
     add_operator_commands(commands)
+    # Also after the command: its default must not hide one given before.
+    for command in commands.choices.values():
+        _log_level_option(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _log_level_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=_LOG_LEVELS,
+        help="level of the log lines written to stderr, before or after the "
+        "command (default: INFO)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,10 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The library's own lines at the chosen level, other libraries' (the
     # embedded server's, the HTTP clients') from WARNING up.
+    level = args.log_level
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("salesai_cache").setLevel(args.log_level)
+    logging.getLogger("salesai_cache").setLevel(level or "INFO")
 
     if args.command == "demo":
         return _run_demo(args)
