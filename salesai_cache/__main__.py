@@ -9,12 +9,50 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from ._version import __version__
 
-__all__ = ["main"]
+__all__ = ["FOUND_LINES_SHOWN", "FoundLinesHandler", "main"]
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+_FOUND = "Found cached analysis in database"
+
+FOUND_LINES_SHOWN = 3
+"""How many "Found cached analysis" lines the demo shows without --log-level."""
+
+
+class FoundLinesHandler(logging.StreamHandler[TextIO]):
+    """
+    A stream handler that writes the first ``FOUND_LINES_SHOWN`` "Found cached
+    analysis in database" lines, then one note in place of the rest.
+
+    The demo's second pass hits every conversation, and a line per hit would
+    bury its table. Other lines pass unchanged.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self.found = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith(_FOUND):
+            self.found += 1
+            if self.found == FOUND_LINES_SHOWN + 1:
+                record = logging.makeLogRecord(
+                    {
+                        "name": record.name,
+                        "levelno": record.levelno,
+                        "levelname": record.levelname,
+                        "msg": f"further '{_FOUND}' lines are not shown; the "
+                        "summary counts every hit (--log-level INFO shows each "
+                        "line)",
+                    }
+                )
+            elif self.found > FOUND_LINES_SHOWN:
+                return
+        super().emit(record)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -51,7 +89,8 @@ def _log_level_option(parser: argparse.ArgumentParser, default: object) -> None:
         default=default,
         choices=_LOG_LEVELS,
         help="level of the log lines written to stderr, before or after the "
-        "command (default: INFO)",
+        "command (default: INFO; the demo then shows the first "
+        f"{FOUND_LINES_SHOWN} 'Found cached analysis' lines and a note)",
     )
 
 
@@ -64,8 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The library's own lines at the chosen level, other libraries' (the
     # embedded server's, the HTTP clients') from WARNING up.
     level = args.log_level
+    handler: logging.Handler = (
+        FoundLinesHandler()
+        if args.command == "demo" and level is None
+        else logging.StreamHandler()
+    )
     logging.basicConfig(
-        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
     )
     logging.getLogger("salesai_cache").setLevel(level or "INFO")
 
