@@ -472,7 +472,7 @@ def test_closed_cache_raises(call: str, database_url: str, session_id: str) -> N
         asyncio.run(scenario())
 
 
-def test_closed_cache_after_async_with_computes_nothing(
+def test_closed_cache_computes_nothing(
     database_url: str, db: psycopg.Connection[Any], session_id: str
 ) -> None:
     """

@@ -145,30 +145,30 @@ def found_lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.sql
-def test_demo_stderr_default_few_found_lines() -> None:
+def test_demo_default_few_found_lines() -> None:
     stderr = run_demo("demo", "--limit", "6").stderr
     assert len(found_lines(stderr)) == FOUND_LINES_SHOWN
 
 
 @pytest.mark.sql
-def test_demo_stderr_default_note() -> None:
+def test_demo_default_note() -> None:
     stderr = run_demo("demo", "--limit", "6").stderr
     assert "further 'Found cached analysis in database' lines" in stderr
 
 
 @pytest.mark.sql
-def test_demo_stderr_log_level_after_all_found_lines() -> None:
+def test_demo_level_after_all_lines() -> None:
     stderr = run_demo("demo", "--limit", "6", "--log-level", "INFO").stderr
     assert len(found_lines(stderr)) == 6
 
 
 @pytest.mark.sql
-def test_demo_stderr_log_level_before_all_found_lines() -> None:
+def test_demo_level_before_all_lines() -> None:
     stderr = run_demo("--log-level", "INFO", "demo", "--limit", "6").stderr
     assert len(found_lines(stderr)) == 6
 
 
 @pytest.mark.sql
-def test_demo_stderr_warning_none() -> None:
+def test_demo_level_warning_no_lines() -> None:
     stderr = run_demo("demo", "--limit", "2", "--log-level", "WARNING").stderr
     assert found_lines(stderr) == []
