@@ -32,6 +32,7 @@ from ._transcripts import load_transcript_file, parse_transcript
 from ._version import __version__
 from .exceptions import (
     AnalyzerError,
+    CacheClosedError,
     CacheStoreError,
     ClaimTimeoutError,
     ConfigurationError,
@@ -63,6 +64,7 @@ __all__ = [
     "AsyncPostgresStore",
     "AsyncSupabaseStore",
     "BatchResult",
+    "CacheClosedError",
     "CacheStats",
     "CacheStatus",
     "CacheStoreError",

@@ -9,10 +9,50 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from ._version import __version__
 
-__all__ = ["main"]
+__all__ = ["FOUND_LINES_SHOWN", "FoundLinesHandler", "main"]
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+_FOUND = "Found cached analysis in database"
+
+FOUND_LINES_SHOWN = 3
+"""How many "Found cached analysis" lines the demo shows without --log-level."""
+
+
+class FoundLinesHandler(logging.StreamHandler[TextIO]):
+    """
+    A stream handler that writes the first ``FOUND_LINES_SHOWN`` "Found cached
+    analysis in database" lines, then one note in place of the rest.
+
+    The demo's second pass hits every conversation, and a line per hit would
+    bury its table. Other lines pass unchanged.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self.found = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith(_FOUND):
+            self.found += 1
+            if self.found == FOUND_LINES_SHOWN + 1:
+                record = logging.makeLogRecord(
+                    {
+                        "name": record.name,
+                        "levelno": record.levelno,
+                        "levelname": record.levelname,
+                        "msg": f"further '{_FOUND}' lines are not shown; the "
+                        "summary counts every hit (--log-level INFO shows each "
+                        "line)",
+                    }
+                )
+            elif self.found > FOUND_LINES_SHOWN:
+                return
+        super().emit(record)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -26,12 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="level of the log lines written to stderr (default: INFO)",
-    )
+    _log_level_option(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -42,7 +77,21 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add_demo_arguments(demo)
     add_operator_commands(commands)
+    # Also after the command: its default must not hide one given before.
+    for command in commands.choices.values():
+        _log_level_option(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _log_level_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=_LOG_LEVELS,
+        help="level of the log lines written to stderr, before or after the "
+        "command (default: INFO; the demo then shows the first "
+        f"{FOUND_LINES_SHOWN} 'Found cached analysis' lines and a note)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,10 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The library's own lines at the chosen level, other libraries' (the
     # embedded server's, the HTTP clients') from WARNING up.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    level = args.log_level
+    handler: logging.Handler = (
+        FoundLinesHandler()
+        if args.command == "demo" and level is None
+        else logging.StreamHandler()
     )
-    logging.getLogger("salesai_cache").setLevel(args.log_level)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
+    )
+    logging.getLogger("salesai_cache").setLevel(level or "INFO")
 
     if args.command == "demo":
         return _run_demo(args)

@@ -55,6 +55,7 @@ from ._stats import CacheStats, ModelPrice, StatsRecorder
 from ._stores._retrying import AsyncRetryingStore
 from ._transcripts import TranscriptInput, parse_transcript
 from .exceptions import (
+    CacheClosedError,
     CacheStoreError,
     ClaimTimeoutError,
     ConfigurationError,
@@ -210,6 +211,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         return cache
 
     async def __aenter__(self) -> AsyncAnalysisCache[AnalysisT]:
+        self._check_open()
         return self
 
     async def __aexit__(
@@ -224,7 +226,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         """
         Close the client if the cache created it (``from_supabase_url``,
         ``from_postgres_url``); a client passed in stays open. Closing twice
-        does nothing.
+        does nothing. Calls after it raise ``CacheClosedError``.
         """
         if self._closed:
             return
@@ -233,6 +235,14 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             close = getattr(self._store, "aclose", None)
             if close is not None:
                 await close()
+
+    def _check_open(self) -> None:
+        # Checked before any I/O: a closed client would otherwise surface as
+        # a failed database call, retried first.
+        if self._closed:
+            raise CacheClosedError(
+                type(self).__name__, "by aclose() or at the end of 'async with'"
+            )
 
     @property
     def store(self) -> AsyncAnalysisStore:
@@ -258,6 +268,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             The number written; those still failing stay pending and are
             logged at WARNING.
         """
+        self._check_open()
         written = 0
         for session_id in self._memory.pending_sessions():
             written += await self._write_pending(session_id)
@@ -303,6 +314,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             asyncio.CancelledError: the call was cancelled; its claim is
                 released and nothing was stored.
         """
+        self._check_open()
         key = validate_session_id(session_id)
         turns = await self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
@@ -333,6 +345,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         Raises:
             The exceptions of ``get_or_compute``.
         """
+        self._check_open()
         key = validate_session_id(session_id)
         turns = await self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
@@ -361,6 +374,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             InvalidInputError: neither filter is given, or the session id is
                 invalid.
         """
+        self._check_open()
         check_invalidate(session_id, analysis_version)
         key = None if session_id is None else validate_session_id(session_id)
         deleted = await self._io.invalidate(key, analysis_version)
@@ -382,6 +396,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         Returns:
             As ``AnalysisCache.get``.
         """
+        self._check_open()
         key = validate_session_id(session_id)
         fingerprint = None
         if transcript is not None:
@@ -399,6 +414,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         Raises:
             InvalidInputError: ``conversation_id`` is not a non-empty string.
         """
+        self._check_open()
         check_conversation_id(conversation_id)
         stored = await self._io.fetch_by_conversation(conversation_id)
         cached = self._read(stored, None)
@@ -416,6 +432,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
                 UUID; raised before any request.
             CacheStoreError: the database call failed.
         """
+        self._check_open()
         keys = check_session_ids(session_ids)
         if not keys:
             return BatchResult()

@@ -83,8 +83,10 @@ def add_operator_commands(
     status = commands.add_parser(
         "status",
         help="show applied and pending migrations",
-        description="List each migration as applied, pending or changed (its "
-        "file differs from the one applied); exit 1 if one changed.",
+        description="List each migration as applied, pending, changed (its "
+        "file differs from the one applied) or found (its objects exist, as "
+        "after setup.sql, but it is not recorded yet: migrate records it "
+        "without running it); exit 1 if one changed.",
     )
     _db_url_option(status)
     status.set_defaults(handler=_cmd_status)
@@ -229,6 +231,14 @@ def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                 f"file {state.checksum}",
                 file=out,
             )
+    found = sum(state.status == "found" for state in states)
+    if found:
+        print(
+            f"{found} found: their objects exist but are not recorded; run "
+            "'salesai-cache migrate' to record them as baseline (it does not "
+            "run them again).",
+            file=out,
+        )
     if any(state.status == "changed" for state in states):
         print("An applied migration's file has changed since.", file=sys.stderr)
         return _CHECK_FAILED

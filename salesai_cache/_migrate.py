@@ -10,6 +10,7 @@ A database that has no recorded migration yet, such as one set up with
 ``setup.sql`` (which includes every migration) or migrated by hand, is
 recognised by the objects each migration creates: those found are recorded
 as applied without running them (``baseline`` in the table's ``applied_by``).
+``status`` shows those as ``found`` until ``migrate`` records them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "MigrationState",
     "apply_migrations",
     "checksum",
+    "describe_changed",
     "migration_states",
 ]
 
@@ -77,8 +79,10 @@ class MigrationState:
     """
     One shipped migration and what the database has recorded of it.
 
-    ``status`` is ``applied``, ``pending`` or ``changed`` (applied, but the
-    shipped file's checksum differs from the recorded one).
+    ``status`` is ``applied``, ``pending``, ``changed`` (applied, but the
+    shipped file's checksum differs from the recorded one) or ``found`` (not
+    recorded, but its objects exist: ``migrate`` records it as baseline
+    without running it).
     """
 
     name: str
@@ -112,15 +116,17 @@ def migration_states(conn: psycopg.Connection[Any]) -> list[MigrationState]:
     """
     Return the state of every shipped migration, in the order they apply.
 
-    Reads only: a database without recorded migrations shows them as
-    ``pending`` even when ``migrate`` would recognise them as applied.
+    Reads only. On a database without recorded migrations, those whose
+    objects exist are ``found``, as ``migrate`` would record them.
     """
     recorded = _recorded(conn)
+    found = set() if recorded else set(_detect_applied(conn))
     states = []
     for name in migration_names():
         current = checksum(name)
         if name not in recorded:
-            states.append(MigrationState(name, "pending", current))
+            status = "found" if name in found else "pending"
+            states.append(MigrationState(name, status, current))
             continue
         stored, applied_at, applied_by = recorded[name]
         states.append(
@@ -134,6 +140,24 @@ def migration_states(conn: psycopg.Connection[Any]) -> list[MigrationState]:
             )
         )
     return states
+
+
+def describe_changed(names: list[str]) -> str:
+    """
+    Return a sentence naming the applied migrations whose files changed.
+    """
+    if len(names) == 1:
+        return (
+            f"the file of applied migration {names[0]} has changed since it was "
+            f"applied; compare it with 'salesai-cache sql {names[0]}' and the "
+            "database before migrating"
+        )
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+    return (
+        f"the files of applied migrations {listed} have changed since they "
+        "were applied; compare each with 'salesai-cache sql NAME' and the "
+        "database before migrating"
+    )
 
 
 def _detect_applied(conn: psycopg.Connection[Any]) -> list[str]:
@@ -173,10 +197,7 @@ def apply_migrations(
         raise ValueError("migrate needs a connection in autocommit mode")
     changed = [s.name for s in migration_states(conn) if s.status == "changed"]
     if changed:
-        raise ValueError(
-            f"applied migrations differ from the shipped files: {changed}; "
-            "compare them with 'salesai-cache sql NAME' before migrating"
-        )
+        raise ValueError(describe_changed(changed))
     recorded = _recorded(conn)
     baseline = [] if recorded else _detect_applied(conn)
     pending = [

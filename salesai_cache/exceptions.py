@@ -10,6 +10,7 @@ failure of the cache, its stores and its analyzers::
     ├── ConfigurationError       the database hides what the cache wrote
     ├── SessionNotFoundError     no salesai_sessions row has the session id
     ├── ClaimTimeoutError        another worker's compute took too long
+    ├── CacheClosedError         the cache was used after it was closed
     └── AnalyzerError            the analyzer (for example OpenAI) failed
 
 ``CacheStoreError`` and ``AnalyzerError`` have ``retryable``: whether the same
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "AnalyzerError",
+    "CacheClosedError",
     "CacheStoreError",
     "ClaimTimeoutError",
     "ConfigurationError",
@@ -110,6 +112,24 @@ class ClaimTimeoutError(SalesAICacheError):
         )
         self.session_id = session_id
         self.waited_seconds = waited_seconds
+
+
+class CacheClosedError(SalesAICacheError):
+    """
+    A cache was used after it was closed; nothing was read, computed or
+    stored.
+
+    Args:
+        cache_name: the cache's class, such as ``AsyncAnalysisCache``.
+        closed_by: how it was closed, such as ``aclose()``.
+    """
+
+    def __init__(self, cache_name: str, closed_by: str) -> None:
+        super().__init__(
+            f"this {cache_name} is closed ({closed_by}); create a new cache to "
+            "read or compute analyses"
+        )
+        self.cache_name = cache_name
 
 
 class AnalyzerError(SalesAICacheError):

@@ -28,10 +28,12 @@ from salesai_cache import (
     AnalyzerOutput,
     AsyncAnalysisCache,
     AsyncOpenAIAnalyzer,
+    CacheClosedError,
     CacheStatus,
     ConversationMetrics,
     ConversationMetricsAnalyzer,
     RetryPolicy,
+    SalesAICacheError,
     ThreadedAnalyzer,
     TokenUsage,
     Turn,
@@ -442,3 +444,72 @@ def test_aclose_keeps_passed_supabase(
 def test_rejects_sync_connection(db: psycopg.Connection[Any]) -> None:
     with pytest.raises(TypeError, match="AsyncConnection"):
         AsyncAnalysisCache(db, SlowAnalyzer(0))
+
+
+# Using a closed cache
+
+CALLS: dict[str, Callable[[AsyncAnalysisCache[Any], str], Any]] = {
+    "get_or_compute": lambda cache, key: cache.get_or_compute(key, TRANSCRIPT),
+    "refresh": lambda cache, key: cache.refresh(key, TRANSCRIPT),
+    "get": lambda cache, key: cache.get(key),
+    "get_by_conversation": lambda cache, key: cache.get_by_conversation("call-1"),
+    "get_many": lambda cache, key: cache.get_many([key]),
+    "invalidate": lambda cache, key: cache.invalidate(key),
+    "flush_pending": lambda cache, key: cache.flush_pending(),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_closed_cache_raises(call: str, database_url: str, session_id: str) -> None:
+    async def scenario() -> None:
+        cache = await AsyncAnalysisCache.from_postgres_url(
+            database_url, SlowAnalyzer(0)
+        )
+        await cache.aclose()
+        await CALLS[call](cache, session_id)
+
+    with pytest.raises(CacheClosedError, match="AsyncAnalysisCache is closed"):
+        asyncio.run(scenario())
+
+
+def test_closed_cache_computes_nothing(
+    database_url: str, db: psycopg.Connection[Any], session_id: str
+) -> None:
+    """
+    The client passed in stays open, yet the closed cache refuses before
+    calling the analyzer or the database.
+    """
+    analyzer = SlowAnalyzer(0)
+
+    async def scenario() -> BaseException | None:
+        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        async with conn:
+            async with AsyncAnalysisCache(conn, analyzer) as cache:
+                pass
+            try:
+                await cache.get_or_compute(session_id, TRANSCRIPT)
+            except CacheClosedError as error:
+                return error
+        return None
+
+    raised = asyncio.run(scenario())
+    assert (type(raised), analyzer.calls) == (CacheClosedError, 0)
+    assert count(db, "salesai_analysis_results", session_id) == 0
+
+
+def test_closed_cache_error_is_library_error() -> None:
+    assert issubclass(CacheClosedError, SalesAICacheError)
+
+
+def test_closed_cache_reentry_raises(database_url: str) -> None:
+    async def scenario() -> None:
+        cache = await AsyncAnalysisCache.from_postgres_url(
+            database_url, SlowAnalyzer(0)
+        )
+        async with cache:
+            pass
+        async with cache:
+            pass
+
+    with pytest.raises(CacheClosedError):
+        asyncio.run(scenario())

@@ -198,11 +198,11 @@ def test_cli_migrate_setup_applies_nothing(
 
 
 @pytest.mark.sql
-def test_cli_status_pending_before_migrate(
+def test_cli_status_found_before_migrate(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, out, _ = run(capsys, "status", "--db-url", database_url)
-    assert out.count("pending") == len(migration_names())
+    assert out.count("found    migrations/") == len(migration_names())
 
 
 @pytest.mark.sql

@@ -5,7 +5,10 @@ database copies and the embedded server.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from salesai_cache._local.database import (
     prepare_supabase_database,
     run_verify,
     schema_snapshot,
+    setup_lock,
 )
 
 
@@ -165,6 +169,101 @@ def test_prepare_supabase_database(postgres_url: str) -> None:
             "select count(*) from pg_database where datname = %s", [name]
         ).fetchone()
     assert left == (0,)
+
+
+@pytest.fixture
+def fresh_database_url(postgres_url: str, bare_template_database: str) -> Iterator[str]:
+    """
+    URL of a new, empty database; the bare template has created the roles.
+    """
+    name = f"salesai_test_fresh_{uuid.uuid4().hex[:12]}"
+    url = create_database(postgres_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(postgres_url, name)
+
+
+def prepare_at_once(url: str, workers: int) -> list[BaseException]:
+    """
+    Run prepare_supabase_database from ``workers`` threads, each with its own
+    connection, released together; return what they raised.
+    """
+    barrier = threading.Barrier(workers)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            prepare_supabase_database(url)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+@pytest.mark.sql
+def test_prepare_concurrent_fresh(fresh_database_url: str) -> None:
+    assert prepare_at_once(fresh_database_url, 4) == []
+
+
+@pytest.mark.sql
+def test_prepare_concurrent_rerun(fresh_database_url: str) -> None:
+    """
+    Two demos on one kept data directory set up the same database again.
+    """
+    prepare_supabase_database(fresh_database_url)
+    errors = [
+        error for _ in range(3) for error in prepare_at_once(fresh_database_url, 4)
+    ]
+    assert errors == []
+
+
+@pytest.mark.sql
+def test_prepare_concurrent_verified(fresh_database_url: str) -> None:
+    prepare_at_once(fresh_database_url, 4)
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        assert all(passed for _, passed, _ in run_verify(conn))
+
+
+@pytest.mark.sql
+def test_prepare_waits_for_setup_lock(fresh_database_url: str) -> None:
+    """
+    A setup waits while another session holds the lock, instead of running
+    alongside it.
+    """
+    with psycopg.connect(fresh_database_url, autocommit=True) as holder:
+        with setup_lock(holder):
+            worker = threading.Thread(
+                target=prepare_supabase_database, args=(fresh_database_url,)
+            )
+            worker.start()
+            waiting = wait_for_lock_waiter(holder)
+        worker.join()
+    assert waiting
+
+
+def wait_for_lock_waiter(conn: psycopg.Connection[Any]) -> bool:
+    """
+    Whether another session of the database waits for an advisory lock
+    within 10 s.
+    """
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "select count(*) from pg_locks as l join pg_stat_activity as a "
+            "on a.pid = l.pid where l.locktype = 'advisory' and not l.granted "
+            "and a.datname = current_database()"
+        ).fetchone()
+        if row and row[0]:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 @pytest.mark.sql

@@ -40,10 +40,15 @@ __all__ = [
     "prepare_supabase_database",
     "run_verify",
     "schema_snapshot",
+    "setup_lock",
 ]
 
 API_ROLES = ("anon", "authenticated", "service_role")
 """The roles that Supabase's API switches to, one per kind of request."""
+
+# Key of the advisory lock around schema setup: b"salesai!" as a bigint, the
+# same in every process and version.
+_SETUP_LOCK_KEY = int.from_bytes(b"salesai!", "big")
 
 
 class LocalPostgres:
@@ -301,7 +306,8 @@ def prepare_supabase_database(url: str) -> None:
     Make a database look like a Supabase project with salesai-cache set up:
     the bootstrap, then ``setup.sql``, then ``policies.sql``.
 
-    Re-runnable.
+    Re-runnable, also from several processes at once (two demos on one
+    data directory): each waits for the others' setup (``setup_lock``).
 
     Args:
         url: connection URL of the database, as a superuser.
@@ -309,10 +315,36 @@ def prepare_supabase_database(url: str) -> None:
     Raises:
         psycopg.Error: a script failed.
     """
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn, setup_lock(conn):
         bootstrap_supabase(conn)
         apply_sql(conn, "setup")
         apply_sql(conn, "policies")
+
+
+@contextmanager
+def setup_lock(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """
+    Hold the schema setup lock of the connection's database for the block.
+
+    Concurrent ``create or replace function``, ``create schema if not
+    exists`` and grants on the same objects fail ("tuple concurrently
+    updated", duplicate keys) instead of waiting for each other, so setups
+    take this session-level advisory lock in turn. It is per database, and
+    ends with the session if the process dies.
+
+    Args:
+        conn: a connection in autocommit mode, outside a transaction.
+
+    Raises:
+        psycopg.Error: taking the lock failed.
+    """
+    conn.execute("select pg_advisory_lock(%s)", (_SETUP_LOCK_KEY,))
+    try:
+        yield
+    finally:
+        # A broken connection has lost its session, and the lock with it.
+        if not conn.broken:
+            conn.execute("select pg_advisory_unlock(%s)", (_SETUP_LOCK_KEY,))
 
 
 @contextmanager
