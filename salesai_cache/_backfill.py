@@ -78,7 +78,7 @@ def is_current(
 ) -> bool:
     """
     Tell whether a session's stored analysis is current: made by
-    ``analysis_version`` from the transcript the session holds now.
+    ``analysis_version`` from the transcript the session contains now.
 
     Every backfill decides with this function, whatever it reads the
     sessions through. A session without an analysis has ``None`` for both
@@ -98,8 +98,8 @@ def check_sees_every_session(conn: psycopg.Connection[Any]) -> None:
     """
     Fail when row-level security filters the sessions this connection reads.
 
-    A role under RLS, such as ``authenticated``, sees no session or only its
-    own, and a backfill would report few or none as if that were all.
+    A role under RLS, such as ``authenticated``, reads no session or only its
+    own, so a backfill would report few or none as if that were all.
 
     Raises:
         ConfigurationError: RLS applies to the connected role on

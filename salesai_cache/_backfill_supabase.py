@@ -2,13 +2,14 @@
 Backfill through Supabase's REST API, for projects reached with the project
 URL and the service-role key instead of a PostgreSQL URL.
 
-The sessions are listed through PostgREST in pages ordered by ``id`` and
-read with a keyset filter (``id=gt.<last id>``), never with an offset: ``id``
-is the primary key, so each page is one index range scan, and a session
-added or deleted during the listing cannot shift the pages, which with
-offsets would skip or repeat sessions. ``created_at`` has no index, so
-ordering by it would sort the whole table for each page. Whether a session's
-analysis is current is decided by ``is_current``, as over PostgreSQL.
+The sessions are listed through PostgREST in pages ordered by ``id``, each
+page read with a keyset filter (``id=gt.<last id>``) instead of an offset.
+``id`` is the primary key, so each page is one index range scan. Sessions
+added or deleted during the listing do not shift the pages, whereas with
+offsets they would make the listing skip or repeat sessions. ``created_at``
+has no index, so ordering by it would sort the whole table for each page.
+Whether a session's analysis is current is decided by ``is_current``, as
+over PostgreSQL.
 
 Each worker thread has its own supabase client, as each has its own
 connection over PostgreSQL: httpx's client is thread-safe, but supabase-py's
@@ -49,10 +50,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Transcripts come with the listing, so a page holds up to this many of them
-# in memory at once; sessions found pending keep only their id. 100 keeps a
-# page of long role-plays (~100 KB each) near 10 MB, and stays below the
-# max-rows of 1000 that Supabase sets by default.
+# Transcripts come with the listing, so a page keeps up to this many of them
+# in memory at once, and a pending session keeps only its id afterwards. With
+# long role-plays (an estimated 100 KB each) a page stays near 10 MB, and 100
+# is below the max-rows of 1000 that Supabase projects have by default.
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _FINGERPRINT = "transcript_hash,analysis_version"
