@@ -6,6 +6,7 @@ row-level security limits.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -63,6 +64,15 @@ HASH = transcript_hash(parse_transcript(TRANSCRIPT))
 VERSION = "fake-model-1:v1"
 # Signed with another secret: PostgREST refuses it with 401.
 FOREIGN_KEY = make_jwt({"role": "service_role"}, secret=b"x" * 48)
+
+
+@pytest.fixture(autouse=True)
+def keep_log_level() -> Iterator[None]:
+    # main() sets the library logger's level, which later tests' caplog reads.
+    library = logging.getLogger("salesai_cache")
+    level = library.level
+    yield
+    library.setLevel(level)
 
 
 @pytest.fixture
