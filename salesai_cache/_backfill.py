@@ -13,9 +13,9 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import psycopg
 
@@ -24,17 +24,31 @@ from ._keys import transcript_hash
 from ._protocols import Analyzer
 from ._stats import CacheStats
 from ._transcripts import parse_transcript
-from .exceptions import InvalidInputError, SalesAICacheError
+from .exceptions import ConfigurationError, InvalidInputError, SalesAICacheError
 
-__all__ = ["BackfillReport", "find_pending", "run_backfill"]
+__all__ = [
+    "BackfillReport",
+    "check_sees_every_session",
+    "find_pending",
+    "is_current",
+    "run_backfill",
+]
 
 logger = logging.getLogger(__name__)
+
+_ClientT = TypeVar("_ClientT")
 
 _CANDIDATES = """
 select s.id::text, s.transcript, r.transcript_hash, r.analysis_version
 from public.salesai_sessions as s
 left join public.salesai_analysis_results as r on r.session_id = s.id
 order by s.created_at, s.id
+"""
+# row_security_active is false for a superuser, a role with BYPASSRLS and the
+# table's owner (unless FORCE ROW LEVEL SECURITY), exactly when PostgreSQL
+# would filter the rows this role reads.
+_RLS_ACTIVE = """
+select current_user, pg_catalog.row_security_active('public.salesai_sessions')
 """
 
 
@@ -56,6 +70,51 @@ class BackfillReport:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+def is_current(
+    transcript: Any,
+    stored_hash: str | None,
+    stored_version: str | None,
+    analysis_version: str,
+) -> bool:
+    """
+    Tell whether a session's stored analysis is current: made by
+    ``analysis_version`` from the transcript the session contains now.
+
+    Every backfill decides with this function, whatever it reads the
+    sessions through. A session without an analysis has ``None`` for both
+    stored values; a transcript that does not parse is never current, so the
+    cache reports its error.
+    """
+    if stored_version != analysis_version or stored_hash is None:
+        return False
+    try:
+        current = transcript_hash(parse_transcript(transcript))
+    except InvalidInputError:
+        return False
+    return current == stored_hash
+
+
+def check_sees_every_session(conn: psycopg.Connection[Any]) -> None:
+    """
+    Fail when row-level security filters the sessions this connection reads.
+
+    A role under RLS, such as ``authenticated``, reads no session or only its
+    own, so a backfill would report few or none as if that were all.
+
+    Raises:
+        ConfigurationError: RLS applies to the connected role on
+            ``salesai_sessions``.
+    """
+    row = conn.execute(_RLS_ACTIVE).fetchone()
+    if row is not None and row[1]:
+        raise ConfigurationError(
+            f"role {row[0]} is subject to row-level security on "
+            "public.salesai_sessions, so a backfill would see only the "
+            "sessions its policies show: connect as the table's owner, a role "
+            "with BYPASSRLS, or through Supabase with the service-role key"
+        )
+
+
 def find_pending(
     conn: psycopg.Connection[Any], analysis_version: str, report: BackfillReport
 ) -> Iterator[tuple[str, Any]]:
@@ -73,14 +132,9 @@ def find_pending(
         cursor.execute(_CANDIDATES)
         for session_id, transcript, stored_hash, stored_version in cursor:
             report.sessions += 1
-            if stored_version == analysis_version and stored_hash is not None:
-                try:
-                    current = transcript_hash(parse_transcript(transcript))
-                except InvalidInputError:
-                    current = None
-                if current == stored_hash:
-                    report.current += 1
-                    continue
+            if is_current(transcript, stored_hash, stored_version, analysis_version):
+                report.current += 1
+                continue
             yield session_id, transcript
 
 
@@ -110,26 +164,72 @@ def run_backfill(
 
     Raises:
         InvalidInputError: ``concurrency`` is less than 1.
+        ConfigurationError: row-level security filters the sessions that
+            the connection's role reads (see ``check_sees_every_session``).
         KeyboardInterrupt: the backfill was interrupted; the analyses stored
             so far stay, and a new run skips them.
     """
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-        raise InvalidInputError(f"invalid concurrency {concurrency!r}: expected 1+")
-    if concurrency < 1:
-        raise InvalidInputError(f"invalid concurrency {concurrency!r}: expected 1+")
+    check_concurrency(concurrency)
     report = BackfillReport()
+    with connect() as listing:
+        check_sees_every_session(listing)
+        todo = list(find_pending(listing, analyzer.analysis_version, report))
+    analyse_pending(
+        todo,
+        connect,
+        lambda conn: conn.close(),
+        analyzer,
+        report,
+        concurrency=concurrency,
+        progress=progress,
+        progress_file=progress_file,
+    )
+    return report
+
+
+def check_concurrency(concurrency: object) -> None:
+    """
+    Raise ``InvalidInputError`` unless ``concurrency`` is an int of 1 or more.
+    """
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or concurrency < 1
+    ):
+        raise InvalidInputError(f"invalid concurrency {concurrency!r}: expected 1+")
+
+
+def analyse_pending(
+    todo: Sequence[tuple[str, Any]],
+    connect: Callable[[], _ClientT],
+    close: Callable[[_ClientT], None],
+    analyzer: Analyzer[Any],
+    report: BackfillReport,
+    *,
+    concurrency: int,
+    progress: bool,
+    progress_file: TextIO | None,
+) -> None:
+    """
+    Run ``get_or_compute`` for each ``(session_id, transcript)`` of ``todo``
+    on ``concurrency`` threads, each with its own client from ``connect``,
+    and add the counts and failures to ``report``.
+
+    A ``None`` transcript makes the cache read the session's own. Every
+    client is passed to ``close`` at the end, also on an interrupt.
+    """
     local = threading.local()
     caches: list[AnalysisCache[Any]] = []
-    connections: list[psycopg.Connection[Any]] = []
+    clients: list[_ClientT] = []
     lock = threading.Lock()
 
     def worker_cache() -> AnalysisCache[Any]:
         cache: AnalysisCache[Any] | None = getattr(local, "cache", None)
         if cache is None:
-            conn = connect()
-            cache = AnalysisCache(conn, analyzer)
+            client = connect()
+            cache = AnalysisCache(client, analyzer)
             with lock:
-                connections.append(conn)
+                clients.append(client)
                 caches.append(cache)
             local.cache = cache
         return cache
@@ -137,8 +237,6 @@ def run_backfill(
     def analyse(session_id: str, transcript: Any) -> None:
         worker_cache().get_or_compute(session_id, transcript)
 
-    with connect() as listing:
-        todo = list(find_pending(listing, analyzer.analysis_version, report))
     report.pending = len(todo)
     logger.info(
         "Backfill: %d sessions, %d current, %d to analyse",
@@ -172,9 +270,8 @@ def run_backfill(
             bar.close()
         for cache in caches:
             report.stats = report.stats + cache.stats()
-        for conn in connections:
-            conn.close()
-    return report
+        for client in clients:
+            close(client)
 
 
 def _progress_bar(total: int, enabled: bool, file: TextIO | None) -> Any:

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from ._sql import list_sql_files, read_sql
@@ -105,15 +106,27 @@ def add_operator_commands(
         help="analyse every session without a current analysis",
         description="Analyse every session whose analysis is missing or was "
         "made by another analysis version or from another transcript. "
-        "Interrupt it at any time: a new run resumes without paying twice.",
+        "Interrupt it at any time: a new run resumes without paying twice. "
+        "It connects to --db-url, else DATABASE_URL, else through Supabase's "
+        "REST API with SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or "
+        "SUPABASE_SECRET_KEY); --supabase picks the REST API even when "
+        "DATABASE_URL is set.",
     )
     _db_url_option(backfill)
+    backfill.add_argument(
+        "--supabase",
+        action="store_true",
+        help="go through Supabase's REST API with SUPABASE_URL and "
+        "SUPABASE_SERVICE_ROLE_KEY or SUPABASE_SECRET_KEY (the key is read "
+        "from the environment only, and never printed)",
+    )
     backfill.add_argument(
         "--concurrency",
         type=int,
         default=4,
         metavar="N",
-        help="analyses in flight, each with its own connection (default: 4)",
+        help="analyses in flight, each with its own connection or Supabase "
+        "client (default: 4)",
     )
     backfill.add_argument(
         "--analyzer",
@@ -171,6 +184,9 @@ def _scrub(text: str, args: argparse.Namespace) -> str:
     url = getattr(args, "resolved_url", None)
     if url:
         text = text.replace(url, mask_url(url))
+    key = getattr(args, "resolved_key", None)
+    if key:
+        text = text.replace(key, "***")
     return mask_url(text)
 
 
@@ -262,21 +278,39 @@ def _cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
-    import psycopg
-
-    from ._backfill import run_backfill
     from ._demo import _make_analyzer
 
-    url = _url(args)
-    print(f"Database: {mask_url(url)}", file=out)
+    supabase = _supabase_target(args)
+    if supabase is None:
+        url = _url(args)
+        print(f"Database: {mask_url(url)}", file=out)
+    else:
+        print(
+            f"Supabase: {mask_url(supabase.url)} (key from {supabase.key_variable})",
+            file=out,
+        )
     analyzer = _make_analyzer(args)
     print(f"Analyzer: {args.analyzer_name} ({args.analyzer_detail})", file=out)
-    report = run_backfill(
-        lambda: psycopg.connect(url, autocommit=True),
-        analyzer,
-        concurrency=args.concurrency,
-        progress=not args.no_progress,
-    )
+    if supabase is None:
+        import psycopg
+
+        from ._backfill import run_backfill
+
+        report = run_backfill(
+            lambda: psycopg.connect(url, autocommit=True),
+            analyzer,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+        )
+    else:
+        from ._backfill_supabase import run_backfill_supabase
+
+        report = run_backfill_supabase(
+            supabase.connect,
+            analyzer,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+        )
     stats = report.stats
     print(
         f"Sessions: {report.sessions}, already current: {report.current}, "
@@ -288,6 +322,67 @@ def _cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
     for session_id, message in report.failed.items():
         print(f"failed {session_id}: {message}", file=out)
     return _CHECK_FAILED if report.failed else 0
+
+
+_SUPABASE_KEYS = ("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_SECRET_KEY")
+
+
+@dataclass(frozen=True)
+class _SupabaseTarget:
+    url: str
+    key: str = field(repr=False)
+    key_variable: str
+
+    def connect(self) -> Any:
+        import supabase
+
+        try:
+            return supabase.create_client(self.url, self.key)
+        except supabase.SupabaseException as error:
+            raise ValueError(
+                f"SUPABASE_URL {mask_url(self.url)!r} or the key in "
+                f"{self.key_variable} was refused: {error.message}"
+            ) from None
+
+
+def _supabase_target(args: argparse.Namespace) -> _SupabaseTarget | None:
+    """
+    Return the Supabase project to backfill through, or ``None`` to use a
+    PostgreSQL URL: ``--supabase``, else ``--db-url``, else ``DATABASE_URL``,
+    else the Supabase variables when one of them is set.
+
+    Raises:
+        ValueError: the configuration is missing, partial or ambiguous; the
+            message names the variables, never a key.
+    """
+    url = os.environ.get("SUPABASE_URL", "")
+    keys = {name: os.environ.get(name, "") for name in _SUPABASE_KEYS}
+    if args.supabase and args.db_url:
+        raise ValueError("--supabase and --db-url exclude each other: pass one")
+    if not args.supabase and (args.db_url or os.environ.get("DATABASE_URL")):
+        return None
+    if not args.supabase and not url and not any(keys.values()):
+        raise ValueError(
+            "no database: pass --db-url or set DATABASE_URL, or set "
+            "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_SECRET_KEY)"
+        )
+    given = [name for name, value in keys.items() if value]
+    if len(given) == 2 and keys[given[0]] != keys[given[1]]:
+        raise ValueError(
+            f"{given[0]} and {given[1]} are both set, to different keys: unset one"
+        )
+    missing = []
+    if not url:
+        missing.append("SUPABASE_URL")
+    if not given:
+        missing.append(" or ".join(_SUPABASE_KEYS))
+    if missing:
+        raise ValueError(
+            f"backfill through Supabase needs {' and '.join(missing)} "
+            "(or pass --db-url or set DATABASE_URL for a PostgreSQL URL)"
+        )
+    args.resolved_key = keys[given[0]]
+    return _SupabaseTarget(url, keys[given[0]], given[0])
 
 
 _STATS_QUERY = """

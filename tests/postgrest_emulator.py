@@ -1,8 +1,9 @@
 """
 A mini PostgREST for the tests, served through respx.
 
-It serves exactly the requests that SupabaseStore sends: table reads, the
-upsert, calls of SQL functions under ``/rpc/`` and filtered deletes. For each
+It serves exactly the requests that SupabaseStore and the Supabase backfill
+send: table reads, the upsert, calls of SQL functions under ``/rpc/``,
+filtered deletes, and the pages of sessions with their analysis embedded. For each
 one it runs the SQL that PostgREST would run on the real test database, as
 the role named by the request's JWT (service_role, authenticated with its
 ``sub``, or anon) and with ``request.jwt.claims`` set, so row-level security
@@ -76,6 +77,11 @@ EMBED = f"{SESSIONS}!inner(conversation_id)"
 # 8 KB that SupabaseStore.fetch_many keeps to; longer URLs get 414.
 MAX_URL_BYTES = 8192
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+# A select of plain columns followed by one embedded resource with its own.
+_EMBEDDING_SELECT = re.compile(
+    r"^(?P<columns>[a-z0-9_,]+),(?P<embedded>[a-z_][a-z0-9_]*)\((?P<inner>[a-z0-9_,]+)\)$"
+)
+_ORDER_ITEM = re.compile(r"^(?P<column>[a-z_][a-z0-9_]*)\.(?P<direction>asc|desc)$")
 
 
 class UnexpectedRequest(AssertionError):
@@ -340,6 +346,11 @@ class PostgrestEmulator:
             return self._run(claims, *self._by_conversation(params))
         if shape == ("GET", SESSIONS, ("id", "limit", "select")):
             return self._run(claims, *self._transcript(params))
+        if shape in {
+            ("GET", SESSIONS, ("limit", "order", "select")),
+            ("GET", SESSIONS, ("id", "limit", "order", "select")),
+        }:
+            return self._run(claims, *self._sessions_page(params))
         if shape == ("POST", RESULTS, ("on_conflict", "select")):
             return self._upsert(claims, request)
         if shape == ("DELETE", CLAIMS, ("claimant", "session_id")):
@@ -479,6 +490,60 @@ class PostgrestEmulator:
             query.format(sql.Identifier(SESSIONS)),
             [_eq(params["id"], "id"), _limit(params["limit"])],
         )
+
+    def _sessions_page(
+        self, params: httpx.QueryParams
+    ) -> tuple[sql.Composable, list[Any]]:
+        match = _EMBEDDING_SELECT.match(params["select"])
+        if match is None or match["embedded"] != RESULTS:
+            raise UnexpectedRequest(f"select {params['select']!r}")
+        columns = _columns(match["columns"])
+        inner = _columns(match["inner"])
+        order = []
+        for item in params["order"].split(","):
+            parsed = _ORDER_ITEM.match(item)
+            if parsed is None:
+                raise UnexpectedRequest(f"order item {item!r}")
+            direction = sql.SQL(parsed["direction"])
+            order.append(
+                sql.SQL("{} {}").format(
+                    sql.Identifier("s", parsed["column"]), direction
+                )
+            )
+        condition: sql.Composable = sql.SQL("true")
+        args: list[Any] = []
+        if "id" in params:
+            value = params["id"]
+            if not value.startswith("gt."):
+                raise UnexpectedRequest(f"id: expected a gt. filter, got {value!r}")
+            condition = sql.SQL("s.id > %s")
+            args.append(value[len("gt.") :])
+        # salesai_analysis_results.session_id is a unique foreign key, so
+        # PostgREST (11 and later) embeds it one-to-one: an object, or null
+        # when the session has no analysis. The subquery runs under the same
+        # role, so row-level security filters the embedded rows too.
+        query = sql.SQL(
+            "select {columns}, (select json_build_object({pairs}) "
+            "from public.{results} r where r.session_id = s.id) as {embedded} "
+            "from public.{sessions} s where {condition} order by {order} limit %s"
+        ).format(
+            columns=sql.SQL(", ").join(
+                sql.Identifier("s", column) for column in columns
+            ),
+            pairs=sql.SQL(", ").join(
+                sql.SQL("{}, {}").format(
+                    sql.Literal(column), sql.Identifier("r", column)
+                )
+                for column in inner
+            ),
+            results=sql.Identifier(RESULTS),
+            embedded=sql.Identifier(RESULTS),
+            sessions=sql.Identifier(SESSIONS),
+            condition=condition,
+            order=sql.SQL(", ").join(order),
+        )
+        args.append(_limit(params["limit"]))
+        return query, args
 
     def _upsert(self, claims: dict[str, Any], request: httpx.Request) -> httpx.Response:
         params = request.url.params
