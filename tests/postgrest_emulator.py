@@ -610,6 +610,12 @@ class PostgrestEmulator:
                 "matches were found in the schema cache.",
             )
 
+        if not arguments:
+            query = sql.SQL(
+                "select pgrst_call.* from public.{function}() as pgrst_call"
+            ).format(function=sql.Identifier(function))
+            return self._run(claims, query, [])
+
         # As PostgREST calls a function: the body becomes a record typed by
         # the function's arguments, passed by name so defaults fill the rest.
         # The types come from the catalog, not from the request.
