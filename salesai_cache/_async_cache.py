@@ -52,6 +52,7 @@ from ._models import (
 from ._protocols import Analyzer
 from ._retry import STORE_RETRY, RetryPolicy
 from ._stats import CacheStats, ModelPrice, StatsRecorder
+from ._stats_flush import DEFAULT_FLUSH_INTERVAL, StatsFlusher, check_flush_interval
 from ._stores._retrying import AsyncRetryingStore
 from ._transcripts import TranscriptInput, parse_transcript
 from .exceptions import (
@@ -98,14 +99,15 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         analyzer: an async analyzer such as ``AsyncOpenAIAnalyzer``, or a
             sync one such as ``ConversationMetricsAnalyzer``, which then runs
             in a worker thread (``ThreadedAnalyzer``).
-        lease_seconds, wait_timeout, poll_interval, max_poll_interval: as
-            for ``AnalysisCache``.
+        lease_seconds, wait_timeout, poll_interval, max_poll_interval,
+        stats_flush_interval: as for ``AnalysisCache``; ``aclose`` writes
+            the counters not yet flushed.
 
     Raises:
         TypeError: ``client`` is none of the accepted types, such as a sync
             client.
-        InvalidInputError: a duration is not positive, or
-            ``max_pending_writes`` is below 1.
+        InvalidInputError: a duration or ``stats_flush_interval`` is not
+            positive, or ``max_pending_writes`` is below 1.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         prices: Mapping[str, ModelPrice] | None = None,
         store_retry: RetryPolicy = STORE_RETRY,
         max_pending_writes: int = 100,
+        stats_flush_interval: float | None = DEFAULT_FLUSH_INTERVAL,
     ) -> None:
         check_durations(
             lease_seconds=lease_seconds,
@@ -132,6 +135,12 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         self._io = AsyncRetryingStore(self._store, store_retry)
         self._memory: WriteMemory[AnalysisT] = WriteMemory(max_pending_writes, logger)
         self._stats = StatsRecorder(prices)
+        self._flusher = StatsFlusher(
+            self._stats,
+            check_flush_interval(stats_flush_interval),
+            enabled=callable(getattr(self._store, "record_stats", None)),
+            logger=logger,
+        )
         self._analyzer = _async_analyzer(analyzer)
         self._lease_seconds = lease_seconds
         self._wait_timeout = (
@@ -224,17 +233,53 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
 
     async def aclose(self) -> None:
         """
-        Close the client if the cache created it (``from_supabase_url``,
+        Write the counters not yet flushed (``flush_stats``), then close the
+        client if the cache created it (``from_supabase_url``,
         ``from_postgres_url``); a client passed in stays open. Closing twice
         does nothing. Calls after it raise ``CacheClosedError``.
         """
         if self._closed:
             return
         self._closed = True
-        if self._owns_client:
-            close = getattr(self._store, "aclose", None)
-            if close is not None:
-                await close()
+        try:
+            await self.flush_stats()
+        finally:
+            if self._owns_client:
+                close = getattr(self._store, "aclose", None)
+                if close is not None:
+                    await close()
+
+    async def flush_stats(self) -> int:
+        """
+        Write the counters counted since the last flush to
+        ``salesai_cache_stats``, in one insert, as
+        ``AnalysisCache.flush_stats`` does.
+
+        Returns:
+            The number of rows written (0 on failure, which is logged at
+            WARNING; the rows are sent again with the next flush).
+
+        Raises:
+            asyncio.CancelledError: the flush was cancelled; its rows are
+                sent again with the next flush, and the database ignores
+                any it already has.
+        """
+        rows = self._flusher.take()
+        if not rows:
+            return 0
+        try:
+            return await self._io.record_stats(rows)
+        except asyncio.CancelledError:
+            self._flusher.keep(rows)
+            raise
+        except Exception as error:
+            self._flusher.failed(rows, error)
+            return 0
+
+    async def _flush_stats_if_due(self) -> None:
+        # One clock read on most calls: the insert happens once per interval.
+        if self._flusher.due():
+            await self.flush_stats()
 
     def _check_open(self) -> None:
         # Checked before any I/O: a closed client would otherwise surface as
@@ -326,6 +371,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             if served is not None:
                 log_found(logger, served)
                 self._stats.record(served)
+                await self._flush_stats_if_due()
                 return served
 
         async def obtain() -> AnalysisResult[AnalysisT]:
@@ -334,7 +380,9 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         flight = (key, fingerprint, self._analyzer.analysis_version)
         result, shared = await self._flights.run(flight, obtain)
         # The caller that computed counted its miss in _obtain.
-        return settle_flight(result, shared, self._stats)
+        settled = settle_flight(result, shared, self._stats)
+        await self._flush_stats_if_due()
+        return settled
 
     async def refresh(
         self, session_id: object, transcript: TranscriptInput | None = None
@@ -356,7 +404,9 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
         result, shared = await self._flights.run(flight, obtain)
         # The caller that computed counted its miss in _obtain.
-        return settle_flight(result, shared, self._stats)
+        settled = settle_flight(result, shared, self._stats)
+        await self._flush_stats_if_due()
+        return settled
 
     async def invalidate(
         self,

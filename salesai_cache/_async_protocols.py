@@ -10,8 +10,9 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from ._models import AnalyzerOutput, Lookup, StoredAnalysis, TokenUsage, Turn
+from ._stats import StatsRow
 
-__all__ = ["AsyncAnalysisStore", "AsyncAnalyzer"]
+__all__ = ["AsyncAnalysisStore", "AsyncAnalyzer", "AsyncStatsStore"]
 
 AnalysisT = TypeVar("AnalysisT", bound=BaseModel)
 
@@ -116,5 +117,18 @@ class AsyncAnalysisStore(Protocol):
     ) -> int:
         """
         Delete the stored analyses that match every given filter.
+        """
+        ...
+
+
+class AsyncStatsStore(Protocol):
+    """
+    ``StatsStore`` whose ``record_stats`` is a coroutine; the cache skips
+    flushing its counters for an ``AsyncAnalysisStore`` without it.
+    """
+
+    async def record_stats(self, rows: Sequence[StatsRow]) -> int:
+        """
+        Insert ``rows`` into ``salesai_cache_stats``, ignoring known ids.
         """
         ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -45,6 +46,7 @@ from ._protocols import AnalysisStore, Analyzer
 from ._retry import STORE_RETRY, RetryPolicy
 from ._singleflight import SingleFlight
 from ._stats import CacheStats, ModelPrice, StatsRecorder
+from ._stats_flush import DEFAULT_FLUSH_INTERVAL, StatsFlusher, check_flush_interval
 from ._stores._retrying import RetryingStore
 from ._transcripts import TranscriptInput, parse_transcript
 from .exceptions import (
@@ -106,11 +108,15 @@ class AnalysisCache(Generic[AnalysisT]):
         max_pending_writes: how many computed analyses whose write failed
             this cache keeps in memory to write later (see
             ``flush_pending``); beyond it the oldest is dropped with an ERROR.
+        stats_flush_interval: seconds between automatic writes of the
+            counters of ``stats()`` to ``salesai_cache_stats`` (migration
+            003), made by the first call that returns after the interval;
+            ``None`` writes them only on ``flush_stats()`` and ``close()``.
 
     Raises:
         TypeError: ``client`` is none of the accepted types.
-        InvalidInputError: a duration is not positive, or
-            ``max_pending_writes`` is below 1.
+        InvalidInputError: a duration or ``stats_flush_interval`` is not
+            positive, or ``max_pending_writes`` is below 1.
     """
 
     def __init__(
@@ -125,6 +131,7 @@ class AnalysisCache(Generic[AnalysisT]):
         prices: Mapping[str, ModelPrice] | None = None,
         store_retry: RetryPolicy = STORE_RETRY,
         max_pending_writes: int = 100,
+        stats_flush_interval: float | None = DEFAULT_FLUSH_INTERVAL,
     ) -> None:
         check_durations(
             lease_seconds=lease_seconds,
@@ -145,6 +152,57 @@ class AnalysisCache(Generic[AnalysisT]):
         self._max_poll_interval = max(max_poll_interval, poll_interval)
         self._flights: SingleFlight[AnalysisResult[AnalysisT]] = SingleFlight()
         self._stats = StatsRecorder(prices)
+        self._flusher = StatsFlusher(
+            self._stats,
+            check_flush_interval(stats_flush_interval),
+            enabled=callable(getattr(self._store, "record_stats", None)),
+            logger=logger,
+        )
+
+    def __enter__(self) -> AnalysisCache[AnalysisT]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """
+        Write the counters not yet flushed (``flush_stats``). The client
+        passed in stays open: the cache does not own it.
+        """
+        self.flush_stats()
+
+    def flush_stats(self) -> int:
+        """
+        Write the counters counted since the last flush to
+        ``salesai_cache_stats``, in one insert.
+
+        Returns:
+            The number of rows written, one per model and analysis version;
+            0 when nothing was counted, when the store cannot record stats
+            (a custom store without ``record_stats``), or when the write
+            failed. A failure is logged at WARNING and the rows are sent
+            again with the next flush; a missing table (migration 003 not
+            applied) stops flushing for this cache.
+        """
+        rows = self._flusher.take()
+        if not rows:
+            return 0
+        try:
+            return self._io.record_stats(rows)
+        except Exception as error:
+            self._flusher.failed(rows, error)
+            return 0
+
+    def _flush_stats_if_due(self) -> None:
+        # One clock read on most calls: the insert happens once per interval.
+        if self._flusher.due():
+            self.flush_stats()
 
     @property
     def store(self) -> AnalysisStore:
@@ -224,6 +282,7 @@ class AnalysisCache(Generic[AnalysisT]):
             if served is not None:
                 self._log_found(served)
                 self._stats.record(served)
+                self._flush_stats_if_due()
                 return served
 
         def obtain() -> AnalysisResult[AnalysisT]:
@@ -232,7 +291,9 @@ class AnalysisCache(Generic[AnalysisT]):
         flight = (key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
         # The caller that computed counted its miss in _obtain.
-        return settle_flight(result, shared, self._stats)
+        settled = settle_flight(result, shared, self._stats)
+        self._flush_stats_if_due()
+        return settled
 
     def refresh(
         self, session_id: object, transcript: TranscriptInput | None = None
@@ -256,7 +317,9 @@ class AnalysisCache(Generic[AnalysisT]):
         flight = ("refresh", key, fingerprint, self._analyzer.analysis_version)
         result, shared = self._flights.run(flight, obtain)
         # The caller that computed counted its miss in _obtain.
-        return settle_flight(result, shared, self._stats)
+        settled = settle_flight(result, shared, self._stats)
+        self._flush_stats_if_due()
+        return settled
 
     def invalidate(
         self,

@@ -146,14 +146,35 @@ def add_operator_commands(
 
     stats = commands.add_parser(
         "stats",
-        help="show stored analyses, their tokens and what each re-view saves",
-        description="Read the stored analyses and print, per model and analysis "
-        "version, their number, the tokens they cost and the estimated price "
-        "of those tokens: what serving each of them once more from the cache "
-        "saves. Hits and misses are counted per process (AnalysisCache.stats(); "
-        "backfill prints its own); the database does not record them.",
+        help="show hits, misses and savings of every worker, and stored analyses",
+        description="Print the hits, misses, stale recomputes, waits, hit "
+        "ratio, tokens saved and estimated cost saved that the caches of "
+        "every process recorded in salesai_cache_stats (migration 003), per "
+        "model and analysis version, then the stored analyses and what "
+        "serving each once more saves. Reads over --db-url or DATABASE_URL, "
+        "or, when neither is given (or with --supabase), through Supabase's "
+        "API with SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or "
+        "SUPABASE_SECRET_KEY).",
     )
     _db_url_option(stats)
+    stats.add_argument(
+        "--supabase",
+        action="store_true",
+        help="read through Supabase's API even when a database URL is set",
+    )
+    stats.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="count only what was recorded from this ISO date or time on, "
+        "such as 2026-05-01 or 2026-05-01T08:00:00+02:00 (UTC without a zone)",
+    )
+    stats.add_argument(
+        "--price",
+        action="append",
+        metavar="MODEL=INPUT/OUTPUT",
+        help="US dollars per 1M prompt/completion tokens of a model, such as "
+        "gpt-4o-mini=0.15/0.60; repeatable; overrides the built-in list prices",
+    )
     stats.set_defaults(handler=_cmd_stats)
 
 
@@ -347,7 +368,7 @@ class _SupabaseTarget:
 
 def _supabase_target(args: argparse.Namespace) -> _SupabaseTarget | None:
     """
-    Return the Supabase project to backfill through, or ``None`` to use a
+    Return the Supabase project to work through, or ``None`` to use a
     PostgreSQL URL: ``--supabase``, else ``--db-url``, else ``DATABASE_URL``,
     else the Supabase variables when one of them is set.
 
@@ -378,61 +399,33 @@ def _supabase_target(args: argparse.Namespace) -> _SupabaseTarget | None:
         missing.append(" or ".join(_SUPABASE_KEYS))
     if missing:
         raise ValueError(
-            f"backfill through Supabase needs {' and '.join(missing)} "
+            f"{args.command} through Supabase needs {' and '.join(missing)} "
             "(or pass --db-url or set DATABASE_URL for a PostgreSQL URL)"
         )
     args.resolved_key = keys[given[0]]
     return _SupabaseTarget(url, keys[given[0]], given[0])
 
 
-_STATS_QUERY = """
-select model, coalesce(analysis_version, '(none)'), count(*),
-  coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-  coalesce(sum(total_tokens), 0)
-from public.salesai_analysis_results
-group by 1, 2 order by 3 desc, 1, 2
-"""
-_SESSIONS_QUERY = """
-select count(*), count(*) filter (where not exists (
-  select 1 from public.salesai_analysis_results as r where r.session_id = s.id))
-from public.salesai_sessions as s
-"""
-
-
 def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    from ._models import TokenUsage
-    from ._stats import DEFAULT_PRICES, PRICES_AS_OF, PRICES_SOURCE, estimate_cost
+    from ._stats_report import (
+        merged_prices,
+        parse_since,
+        print_report,
+        read_over_postgres,
+        read_over_supabase,
+    )
 
-    with _connect(args, out) as conn:
-        groups = conn.execute(_STATS_QUERY).fetchall()
-        sessions_row = conn.execute(_SESSIONS_QUERY).fetchone()
-    sessions, without = sessions_row if sessions_row else (0, 0)
-    print(f"Sessions: {sessions}, without an analysis: {without}", file=out)
-    print(
-        f"{'analyses':>9} {'prompt':>12} {'completion':>12} {'est. USD':>10}  "
-        "model / analysis version",
-        file=out,
-    )
-    total_cost = 0.0
-    unpriced = 0
-    for model, version, count, prompt, completion, _total in groups:
-        usage = TokenUsage(prompt_tokens=prompt, completion_tokens=completion)
-        cost = estimate_cost(str(model), usage, DEFAULT_PRICES)
-        if cost is None:
-            unpriced += count
-        total_cost += cost or 0.0
-        shown = "n/a" if cost is None else f"{cost:.4f}"
-        figures = f"{count:>9} {prompt:>12} {completion:>12} {shown:>10}"
-        print(f"{figures}  {model} / {version}", file=out)
-    print(
-        f"Each view of every stored analysis served from the cache saves about "
-        f"${total_cost:.4f} in model calls",
-        file=out,
-    )
-    print(
-        f"(estimates from list prices of {PRICES_AS_OF}, {PRICES_SOURCE}; "
-        f"{unpriced} analyses of models without a price left out). Hits and "
-        "misses are counted per process: see AnalysisCache.stats().",
-        file=out,
-    )
+    prices = merged_prices(args.price)
+    since = parse_since(args.since) if args.since else None
+    target = _supabase_target(args)
+    if target is not None:
+        print(
+            f"Supabase API: {mask_url(target.url)} (key from {target.key_variable})",
+            file=out,
+        )
+        report = read_over_supabase(target.connect(), since)
+    else:
+        with _connect(args, out) as conn:
+            report = read_over_postgres(conn, since)
+    print_report(report, out, prices=prices, since=since)
     return 0

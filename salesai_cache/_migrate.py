@@ -69,6 +69,12 @@ _MARKERS = {
           and to_regprocedure('public.salesai_save_analysis(uuid, jsonb, text, '
             'integer, integer, integer, text, text, text)') is not null
     """,
+    "migrations/003_add_cache_stats": """
+        select to_regclass('public.salesai_cache_stats') is not null
+          and to_regprocedure('public.salesai_cache_stats_summary(timestamptz)')
+            is not null
+          and to_regprocedure('public.salesai_analysis_summary()') is not null
+    """,
 }
 
 _FINAL_COMMIT = re.compile(r"\bcommit\s*;\s*\Z", re.IGNORECASE)

@@ -10,8 +10,9 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from ._models import AnalyzerOutput, Lookup, StoredAnalysis, TokenUsage, Turn
+from ._stats import StatsRow
 
-__all__ = ["AnalysisStore", "Analyzer"]
+__all__ = ["AnalysisStore", "Analyzer", "StatsStore"]
 
 AnalysisT = TypeVar("AnalysisT", bound=BaseModel)
 
@@ -54,6 +55,9 @@ class AnalysisStore(Protocol):
 
     Session ids are canonical UUID strings. Implementations raise
     ``CacheStoreError`` (or a subclass) for database failures.
+
+    A store may also implement ``StatsStore.record_stats``; the cache skips
+    flushing its counters to the database for a store that does not.
     """
 
     def fetch(self, session_id: str) -> StoredAnalysis | None:
@@ -145,5 +149,23 @@ class AnalysisStore(Protocol):
 
         Raises:
             ValueError: neither filter is given.
+        """
+        ...
+
+
+class StatsStore(Protocol):
+    """
+    A store that can record the cache's counters (migration 003). The
+    built-in stores are; a custom ``AnalysisStore`` may be.
+    """
+
+    def record_stats(self, rows: Sequence[StatsRow]) -> int:
+        """
+        Insert ``rows`` into ``salesai_cache_stats`` in one round trip,
+        ignoring rows whose ``id`` the table has, and return ``len(rows)``.
+
+        Raises:
+            SchemaMismatchError: the table is missing (code ``42P01`` or
+                ``PGRST205``): migration 003 is not applied.
         """
         ...

@@ -5,6 +5,7 @@ Savings of the cache: in-process counters and estimated model prices.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "CacheStats",
     "ModelPrice",
     "StatsRecorder",
+    "StatsRow",
     "estimate_cost",
     "price_for",
 ]
@@ -164,9 +166,52 @@ class CacheStats:
         )
 
 
+@dataclass(frozen=True)
+class StatsRow:
+    """
+    A row of ``salesai_cache_stats``: the counters of one worker for one
+    model and analysis version since its previous flush.
+
+    ``id`` is chosen here, so that a row sent again after a lost reply is
+    ignored by the database instead of counted twice. ``analysis_version``
+    is ``None`` for stale analyses stored before migration 002.
+    """
+
+    model: str
+    analysis_version: str | None
+    hits: int = 0
+    misses: int = 0
+    stale_recomputes: int = 0
+    waits: int = 0
+    stale_served: int = 0
+    prompt_tokens_saved: int = 0
+    completion_tokens_saved: int = 0
+    worker: str = ""
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def as_record(self) -> dict[str, Any]:
+        """
+        Return the row as the columns of ``salesai_cache_stats`` to insert.
+        """
+        return {
+            "id": self.id,
+            "worker": self.worker,
+            "model": self.model,
+            "analysis_version": self.analysis_version,
+            "hits": self.hits,
+            "misses": self.misses,
+            "stale_recomputes": self.stale_recomputes,
+            "waits": self.waits,
+            "stale_served": self.stale_served,
+            "prompt_tokens_saved": self.prompt_tokens_saved,
+            "completion_tokens_saved": self.completion_tokens_saved,
+        }
+
+
 class StatsRecorder:
     """
-    Thread-safe counters behind ``AnalysisCache.stats()``.
+    Thread-safe counters behind ``AnalysisCache.stats()``, and the deltas
+    per model and analysis version not yet flushed to the database.
 
     Args:
         prices: price per model; ``DEFAULT_PRICES`` when ``None``.
@@ -183,6 +228,7 @@ class StatsRecorder:
         self._prices = dict(DEFAULT_PRICES if prices is None else prices)
         self._lock = threading.Lock()
         self._stats = CacheStats()
+        self._deltas: dict[tuple[str, str | None], CacheStats] = {}
 
     @property
     def prices(self) -> Mapping[str, ModelPrice]:
@@ -199,18 +245,44 @@ class StatsRecorder:
         status = result.status
         saved = status is not CacheStatus.MISS
         cost = estimate_cost(result.model, result.usage, self._prices) if saved else 0.0
+        delta = CacheStats(
+            hits=int(status is CacheStatus.HIT),
+            misses=int(status is CacheStatus.MISS),
+            stale_recomputes=int(status is CacheStatus.MISS and stale),
+            waits=int(status is CacheStatus.WAITED),
+            stale_served=int(status is CacheStatus.STALE),
+            saved_usage=result.usage if saved else TokenUsage(),
+            saved_cost_usd=cost or 0.0,
+            unpriced_calls=int(saved and cost is None),
+        )
+        # The same delta feeds both, so the database sums what stats() shows.
+        key = (result.model, result.analysis_version)
         with self._lock:
-            current = self._stats
-            self._stats = current + CacheStats(
-                hits=int(status is CacheStatus.HIT),
-                misses=int(status is CacheStatus.MISS),
-                stale_recomputes=int(status is CacheStatus.MISS and stale),
-                waits=int(status is CacheStatus.WAITED),
-                stale_served=int(status is CacheStatus.STALE),
-                saved_usage=result.usage if saved else TokenUsage(),
-                saved_cost_usd=cost or 0.0,
-                unpriced_calls=int(saved and cost is None),
+            self._stats = self._stats + delta
+            self._deltas[key] = self._deltas.get(key, CacheStats()) + delta
+
+    def take_rows(self, worker: str) -> list[StatsRow]:
+        """
+        Return the deltas recorded since the previous call as rows of
+        ``salesai_cache_stats`` labelled ``worker``, and start new deltas.
+        """
+        with self._lock:
+            deltas, self._deltas = self._deltas, {}
+        return [
+            StatsRow(
+                model=model,
+                analysis_version=version,
+                hits=delta.hits,
+                misses=delta.misses,
+                stale_recomputes=delta.stale_recomputes,
+                waits=delta.waits,
+                stale_served=delta.stale_served,
+                prompt_tokens_saved=delta.saved_usage.prompt_tokens,
+                completion_tokens_saved=delta.saved_usage.completion_tokens,
+                worker=worker,
             )
+            for (model, version), delta in deltas.items()
+        ]
 
     def snapshot(self) -> CacheStats:
         """

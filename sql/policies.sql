@@ -1,11 +1,13 @@
 -- Row-level security of salesai-cache's tables.
 --
 -- Purpose: decides who may read and write sessions, analyses and compute
---   claims through Supabase's API (PostgREST), once setup.sql (or every
---   migration) has created the tables. It fails on a database without
---   public.salesai_analysis_claims: apply migration 002 first.
+--   claims and the cache's counters through Supabase's API (PostgREST), once
+--   setup.sql (or every migration) has created the tables. It fails on a
+--   database without public.salesai_analysis_claims or
+--   public.salesai_cache_stats: apply migrations 002 and 003 first.
 -- Objects touched: enables row-level security on public.salesai_sessions,
---   public.salesai_analysis_results and public.salesai_analysis_claims, and
+--   public.salesai_analysis_results, public.salesai_analysis_claims and
+--   public.salesai_cache_stats, and
 --   (re)creates these policies, one per role and operation:
 --   public.salesai_sessions
 --     "Users can read their own sessions"           select  authenticated
@@ -28,6 +30,14 @@
 --     "Service role can create claims"              insert  service_role
 --     "Service role can update claims"              update  service_role
 --     "Service role can delete claims"              delete  service_role
+--   public.salesai_cache_stats (migration 003 and setup.sql create the same
+--   policies)
+--     "Users can read their own cache stats"        select  authenticated
+--     "Users can record their own cache stats"      insert  authenticated
+--     "Service role can read cache stats"           select  service_role
+--     "Service role can record cache stats"         insert  service_role
+--     "Service role can update cache stats"         update  service_role
+--     "Service role can delete cache stats"         delete  service_role
 -- Who can do what:
 --   * anon (requests with the anon key and no signed-in user) matches no
 --     policy, so it reads no row and writes none: its selects return nothing,
@@ -45,6 +55,12 @@
 --     no claim, and their attempts to take one (through
 --     salesai_lookup_analysis) fail with 42501. anon may not even execute the
 --     functions; that is a grant of migration 002, not a policy.
+--   * authenticated may record cache counters under their own user_id (the
+--     default, auth.uid()) and read those rows, for a cache that runs with a
+--     user's key; anon can do nothing with counters. Only the service role
+--     may execute the summary functions of migration 003 (a grant, not a
+--     policy). A user can thus add made-up counters under their own id: the
+--     summary sums them with the rest.
 --   * service_role (the library, with the service-role key) does everything.
 --     On Supabase it has BYPASSRLS, so its policies are never consulted
 --     there. They are written anyway, one per operation, so that the library
@@ -71,6 +87,7 @@ begin;
 alter table public.salesai_sessions enable row level security;
 alter table public.salesai_analysis_results enable row level security;
 alter table public.salesai_analysis_claims enable row level security;
+alter table public.salesai_cache_stats enable row level security;
 
 -- Sessions: each user their own.
 
@@ -225,6 +242,57 @@ drop policy if exists "Service role can delete claims"
   on public.salesai_analysis_claims;
 create policy "Service role can delete claims"
   on public.salesai_analysis_claims
+  for delete
+  to service_role
+  using (true);
+
+-- Cache counters: users record and read their own; the server-side key all.
+
+drop policy if exists "Users can read their own cache stats"
+  on public.salesai_cache_stats;
+create policy "Users can read their own cache stats"
+  on public.salesai_cache_stats
+  for select
+  to authenticated
+  using (user_id = (select auth.uid()));
+
+drop policy if exists "Users can record their own cache stats"
+  on public.salesai_cache_stats;
+create policy "Users can record their own cache stats"
+  on public.salesai_cache_stats
+  for insert
+  to authenticated
+  with check (user_id = (select auth.uid()));
+
+drop policy if exists "Service role can read cache stats"
+  on public.salesai_cache_stats;
+create policy "Service role can read cache stats"
+  on public.salesai_cache_stats
+  for select
+  to service_role
+  using (true);
+
+drop policy if exists "Service role can record cache stats"
+  on public.salesai_cache_stats;
+create policy "Service role can record cache stats"
+  on public.salesai_cache_stats
+  for insert
+  to service_role
+  with check (true);
+
+drop policy if exists "Service role can update cache stats"
+  on public.salesai_cache_stats;
+create policy "Service role can update cache stats"
+  on public.salesai_cache_stats
+  for update
+  to service_role
+  using (true)
+  with check (true);
+
+drop policy if exists "Service role can delete cache stats"
+  on public.salesai_cache_stats;
+create policy "Service role can delete cache stats"
+  on public.salesai_cache_stats
   for delete
   to service_role
   using (true);

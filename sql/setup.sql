@@ -1,5 +1,5 @@
--- Tables and functions of salesai-cache: sessions, their cached analyses and
--- the claims of analyses being computed.
+-- Tables and functions of salesai-cache: sessions, their cached analyses,
+-- the claims of analyses being computed and the cache's counters.
 --
 -- Purpose: creates the schema that the library reads and writes, in a new
 --   database. It already includes every migration in migrations/, so a new
@@ -13,6 +13,11 @@
 --   worker computing its analysis until a lease expires. Row-level security
 --   is enabled here, with its four service_role policies (the same as
 --   policies.sql creates), so that the table is never open to the API roles.
+--   public.salesai_cache_stats: the counters that workers of the cache flush
+--   (hits, misses, tokens saved), with row-level security and its policies
+--   here too, and the functions public.salesai_cache_stats_summary(...) and
+--   public.salesai_analysis_summary() that "salesai-cache stats" calls,
+--   executable by service_role only.
 --   Constraints salesai_sessions_transcript_array_check,
 --   salesai_analysis_results_session_id_key, salesai_analysis_claims_pkey
 --   and the token checks; indexes salesai_sessions_user_id_idx and
@@ -25,7 +30,7 @@
 -- Needs: Supabase's auth.users (for user_id), its roles anon, authenticated
 --   and service_role, and PostgreSQL 13 or later (for the built-in
 --   gen_random_uuid()).
--- Re-runnable: yes. Running it again, or after migrations 001 and 002 on an
+-- Re-runnable: yes. Running it again, or after migrations 001 to 003 on an
 --   older database, changes nothing and raises nothing. Tables, columns and
 --   indexes use "if not exists". Constraints and triggers are added in do
 --   blocks that check pg_constraint and pg_trigger first, because PostgreSQL
@@ -36,12 +41,12 @@
 -- Older databases: run the files of migrations/ in order instead. Migration
 --   001 removes duplicate analyses and fills NULL timestamps first; this file
 --   would stop on them (SQLSTATE 23505 or 23502) and change nothing.
--- Rollback: none; drop the three tables (data lost: all sessions, analyses
---   and claims) and the functions. To return an older database to an earlier
+-- Rollback: none; drop the four tables (data lost: all sessions, analyses,
+--   claims and counters) and the functions. To return an older database to an earlier
 --   schema, use the _rollback.sql files of migrations/, newest first.
 -- Next: policies.sql, which enables row-level security on the other tables.
 -- Tested: on PostgreSQL 15 and 18, on an empty database, twice in a row, and
---   after the legacy schema plus migrations 001 and 002, whose catalog it
+--   after the legacy schema plus migrations 001 to 003, whose catalog it
 --   matches column for column (tests/test_sql_setup.py).
 
 begin;
@@ -484,5 +489,196 @@ comment on function public.salesai_save_analysis(
   uuid, jsonb, text, integer, integer, integer, text, text, text
 ) is
   'Upserts the analysis of a session and releases the caller''s claim.';
+
+-- Cache counters (migration 003).
+create table if not exists public.salesai_cache_stats (
+  id uuid primary key default gen_random_uuid(),
+  recorded_at timestamptz not null default now(),
+  user_id uuid default auth.uid(),
+  worker text not null,
+  model text not null,
+  analysis_version text,
+  hits bigint not null default 0 check (hits >= 0),
+  misses bigint not null default 0 check (misses >= 0),
+  stale_recomputes bigint not null default 0 check (stale_recomputes >= 0),
+  waits bigint not null default 0 check (waits >= 0),
+  stale_served bigint not null default 0 check (stale_served >= 0),
+  prompt_tokens_saved bigint not null default 0
+    check (prompt_tokens_saved >= 0),
+  completion_tokens_saved bigint not null default 0
+    check (completion_tokens_saved >= 0)
+);
+
+-- The summary filters on recorded_at (--since), and an operator who prunes
+-- old counters deletes by it.
+create index if not exists salesai_cache_stats_recorded_at_idx
+  on public.salesai_cache_stats (recorded_at);
+
+-- Supabase grants every API role all privileges on new tables in public, so
+-- without row-level security the anon key could read and write counters.
+alter table public.salesai_cache_stats enable row level security;
+
+drop policy if exists "Users can read their own cache stats"
+  on public.salesai_cache_stats;
+create policy "Users can read their own cache stats"
+  on public.salesai_cache_stats
+  for select
+  to authenticated
+  using (user_id = (select auth.uid()));
+
+drop policy if exists "Users can record their own cache stats"
+  on public.salesai_cache_stats;
+create policy "Users can record their own cache stats"
+  on public.salesai_cache_stats
+  for insert
+  to authenticated
+  with check (user_id = (select auth.uid()));
+
+drop policy if exists "Service role can read cache stats"
+  on public.salesai_cache_stats;
+create policy "Service role can read cache stats"
+  on public.salesai_cache_stats
+  for select
+  to service_role
+  using (true);
+
+drop policy if exists "Service role can record cache stats"
+  on public.salesai_cache_stats;
+create policy "Service role can record cache stats"
+  on public.salesai_cache_stats
+  for insert
+  to service_role
+  with check (true);
+
+drop policy if exists "Service role can update cache stats"
+  on public.salesai_cache_stats;
+create policy "Service role can update cache stats"
+  on public.salesai_cache_stats
+  for update
+  to service_role
+  using (true)
+  with check (true);
+
+drop policy if exists "Service role can delete cache stats"
+  on public.salesai_cache_stats;
+create policy "Service role can delete cache stats"
+  on public.salesai_cache_stats
+  for delete
+  to service_role
+  using (true);
+
+-- The sums that salesai-cache stats prints, as a function so that a direct
+-- connection and PostgREST (whose aggregates Supabase turns off) get the
+-- same answer. sum() of bigint is numeric; the casts keep bigint, which
+-- PostgREST returns as JSON numbers.
+create or replace function public.salesai_cache_stats_summary(
+  p_since timestamptz default null
+)
+returns table (
+  model text,
+  analysis_version text,
+  hits bigint,
+  misses bigint,
+  stale_recomputes bigint,
+  waits bigint,
+  stale_served bigint,
+  prompt_tokens_saved bigint,
+  completion_tokens_saved bigint,
+  flushes bigint,
+  first_recorded_at timestamptz,
+  last_recorded_at timestamptz
+)
+language sql
+stable
+security invoker
+set search_path = ''
+as $$
+  select
+    stats.model,
+    stats.analysis_version,
+    sum(stats.hits)::bigint,
+    sum(stats.misses)::bigint,
+    sum(stats.stale_recomputes)::bigint,
+    sum(stats.waits)::bigint,
+    sum(stats.stale_served)::bigint,
+    sum(stats.prompt_tokens_saved)::bigint,
+    sum(stats.completion_tokens_saved)::bigint,
+    count(*),
+    min(stats.recorded_at),
+    max(stats.recorded_at)
+  from public.salesai_cache_stats as stats
+  where p_since is null or stats.recorded_at >= p_since
+  group by stats.model, stats.analysis_version
+  order by stats.model, stats.analysis_version;
+$$;
+
+-- The stored analyses per model and analysis version, for the same command.
+-- The row whose model is NULL counts the sessions without an analysis.
+create or replace function public.salesai_analysis_summary()
+returns table (
+  model text,
+  analysis_version text,
+  sessions bigint,
+  analyses bigint,
+  prompt_tokens bigint,
+  completion_tokens bigint,
+  total_tokens bigint
+)
+language sql
+stable
+security invoker
+set search_path = ''
+as $$
+  select
+    result.model,
+    result.analysis_version,
+    count(*),
+    count(result.session_id),
+    coalesce(sum(result.prompt_tokens), 0)::bigint,
+    coalesce(sum(result.completion_tokens), 0)::bigint,
+    coalesce(sum(result.total_tokens), 0)::bigint
+  from public.salesai_sessions as session
+  left join public.salesai_analysis_results as result
+    on result.session_id = session.id
+  group by result.model, result.analysis_version
+  order by count(result.session_id) desc, result.model, result.analysis_version;
+$$;
+
+-- Operators only: Supabase's default privileges grant EXECUTE on every new
+-- function in public to anon and authenticated, and PostgreSQL grants it to
+-- PUBLIC. "create or replace" keeps these privileges on a later run.
+revoke execute on function public.salesai_cache_stats_summary(timestamptz)
+  from public, anon, authenticated;
+grant execute on function public.salesai_cache_stats_summary(timestamptz)
+  to service_role;
+
+revoke execute on function public.salesai_analysis_summary()
+  from public, anon, authenticated;
+grant execute on function public.salesai_analysis_summary()
+  to service_role;
+
+comment on table public.salesai_cache_stats is
+  'Counters of the cache, one row per flush of one worker per model and '
+  'analysis version: deltas since its previous flush, to be summed.';
+comment on column public.salesai_cache_stats.id is
+  'Chosen by the worker, so that a flush sent again after a lost reply is '
+  'ignored instead of counted twice.';
+comment on column public.salesai_cache_stats.user_id is
+  'The signed-in user whose key flushed the row; NULL for the service role '
+  'and direct database connections.';
+comment on column public.salesai_cache_stats.worker is
+  'The process that flushed the row, as host:pid.';
+comment on column public.salesai_cache_stats.analysis_version is
+  'Analysis version of the analyses counted; NULL for stale analyses stored '
+  'before migration 002 and served with allow_stale.';
+comment on column public.salesai_cache_stats.prompt_tokens_saved is
+  'Prompt tokens of the analyses served without a model call (hits, waits, '
+  'stale serves), from the usage stored with each analysis.';
+comment on function public.salesai_cache_stats_summary(timestamptz) is
+  'Sums of the cache counters per model and analysis version, of the rows '
+  'recorded at or after p_since (all rows when NULL).';
+comment on function public.salesai_analysis_summary() is
+  'Stored analyses and their tokens per model and analysis version; the row '
+  'with a NULL model counts the sessions without an analysis.';
 
 commit;

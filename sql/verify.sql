@@ -16,7 +16,11 @@
 --   it; the functions salesai_lookup_analysis and salesai_save_analysis with
 --   the argument types that the library calls them with; and that neither
 --   anon nor PUBLIC may execute them (Supabase's default privileges would let
---   anon).
+--   anon). Then what migration 003 adds: the table salesai_cache_stats,
+--   row-level security and the policies on it, the functions
+--   salesai_cache_stats_summary(timestamptz) and salesai_analysis_summary(),
+--   and that only operators may execute them (not anon, authenticated or
+--   PUBLIC).
 -- Form: one select statement, so that any client (psql, Supabase's SQL
 --   editor, psycopg) gets a single result set. It needs no begin/commit: a
 --   read-only statement runs in a transaction of its own.
@@ -28,17 +32,19 @@
 --   the embedded server of the tests is not.
 -- Re-runnable: yes. Rollback: none needed.
 -- Tested: on the legacy schema and after migration 001 alone (failing rows),
---   after migrations 001 and 002 plus policies.sql and after setup.sql plus
+--   after migrations 001 to 003 plus policies.sql and after setup.sql plus
 --   policies.sql (all passing), and on a database without the tables, on
 --   PostgreSQL 15 and 18 (tests/test_sql_migration.py,
---   tests/test_sql_setup.py, tests/test_sql_claims.py).
+--   tests/test_sql_setup.py, tests/test_sql_claims.py,
+--   tests/test_sql_stats.py).
 
 with
 tables as (
   select
     to_regclass('public.salesai_sessions') as sessions,
     to_regclass('public.salesai_analysis_results') as results,
-    to_regclass('public.salesai_analysis_claims') as claims
+    to_regclass('public.salesai_analysis_claims') as claims,
+    to_regclass('public.salesai_cache_stats') as stats
 ),
 functions as (
   select
@@ -49,7 +55,10 @@ functions as (
     to_regprocedure(
       'public.salesai_save_analysis(uuid, jsonb, text, integer, integer, '
       'integer, text, text, text)'
-    ) as save
+    ) as save,
+    to_regprocedure('public.salesai_cache_stats_summary(timestamptz)')
+      as stats_summary,
+    to_regprocedure('public.salesai_analysis_summary()') as analysis_summary
 ),
 -- The functions of migration 002 that anon may execute, directly or through
 -- PUBLIC. Joined on the role's oid, so a server without the role anon (a
@@ -63,6 +72,32 @@ anon_executable as (
   join pg_catalog.pg_proc as proc on proc.oid = fn.oid
   left join pg_catalog.pg_roles as anon on anon.rolname = 'anon'
   where pg_catalog.has_function_privilege(anon.oid, proc.oid, 'execute')
+    or exists (
+      select
+      from pg_catalog.aclexplode(
+        coalesce(proc.proacl, pg_catalog.acldefault('f', proc.proowner))
+      ) as acl
+      where acl.grantee = 0
+        and acl.privilege_type = 'EXECUTE'
+    )
+),
+-- The summary functions of migration 003 that anyone but operators may
+-- execute: anon or authenticated, directly or through PUBLIC.
+open_summaries as (
+  select
+    string_agg(proc.oid::regprocedure::text, ', ' order by proc.proname)
+      as functions
+  from functions
+  cross join lateral unnest(
+    array[functions.stats_summary, functions.analysis_summary]
+  ) as fn (oid)
+  join pg_catalog.pg_proc as proc on proc.oid = fn.oid
+  where exists (
+      select
+      from pg_catalog.pg_roles as api_role
+      where api_role.rolname in ('anon', 'authenticated')
+        and pg_catalog.has_function_privilege(api_role.oid, proc.oid, 'execute')
+    )
     or exists (
       select
       from pg_catalog.aclexplode(
@@ -90,7 +125,13 @@ expected_policies (table_name, policy_name) as (
     ('salesai_analysis_claims', 'Service role can read claims'),
     ('salesai_analysis_claims', 'Service role can create claims'),
     ('salesai_analysis_claims', 'Service role can update claims'),
-    ('salesai_analysis_claims', 'Service role can delete claims')
+    ('salesai_analysis_claims', 'Service role can delete claims'),
+    ('salesai_cache_stats', 'Users can read their own cache stats'),
+    ('salesai_cache_stats', 'Users can record their own cache stats'),
+    ('salesai_cache_stats', 'Service role can read cache stats'),
+    ('salesai_cache_stats', 'Service role can record cache stats'),
+    ('salesai_cache_stats', 'Service role can update cache stats'),
+    ('salesai_cache_stats', 'Service role can delete cache stats')
 ),
 policy_status as (
   select
@@ -237,12 +278,14 @@ checks (position, check_name, passed, detail) as (
     case policy_status.table_name
       when 'salesai_sessions' then 9
       when 'salesai_analysis_results' then 10
-      else 14
+      when 'salesai_analysis_claims' then 14
+      else 20
     end,
     case policy_status.table_name
       when 'salesai_sessions' then 'sessions_policies_exist'
       when 'salesai_analysis_results' then 'analysis_results_policies_exist'
-      else 'claims_policies_exist'
+      when 'salesai_analysis_claims' then 'claims_policies_exist'
+      else 'cache_stats_policies_exist'
     end,
     policy_status.missing is null,
     case
@@ -253,6 +296,9 @@ checks (position, check_name, passed, detail) as (
       when policy_status.table_name = 'salesai_analysis_claims'
         and tables.claims is null
         then 'public.salesai_analysis_claims is missing: run migration 002'
+      when policy_status.table_name = 'salesai_cache_stats'
+        and tables.stats is null
+        then 'public.salesai_cache_stats is missing: run migration 003'
       else 'missing on ' || policy_status.table_name || ': '
         || policy_status.missing || '; run policies.sql'
     end
@@ -357,6 +403,62 @@ checks (position, check_name, passed, detail) as (
         || ': run migration 002 again, which revokes it'
     end
   from functions, anon_executable
+  union all
+  select
+    18,
+    'cache_stats_table_exists',
+    tables.stats is not null,
+    case
+      when tables.stats is not null then 'public.salesai_cache_stats exists'
+      else 'public.salesai_cache_stats is missing: run migration 003'
+    end
+  from tables
+  union all
+  select
+    19,
+    'cache_stats_rls_enabled',
+    coalesce(class.relrowsecurity, false),
+    case
+      when class.relrowsecurity
+        then 'row-level security is on for salesai_cache_stats'
+      when class.oid is null
+        then 'public.salesai_cache_stats is missing: run migration 003'
+      else 'row-level security is off for salesai_cache_stats: run policies.sql'
+    end
+  from tables
+  left join pg_catalog.pg_class as class on class.oid = tables.stats
+  union all
+  select
+    21,
+    'stats_functions_exist',
+    functions.stats_summary is not null
+      and functions.analysis_summary is not null,
+    case
+      when functions.stats_summary is not null
+        and functions.analysis_summary is not null
+        then 'public.salesai_cache_stats_summary and '
+          || 'public.salesai_analysis_summary exist'
+      else 'public.salesai_cache_stats_summary(timestamptz) or '
+        || 'public.salesai_analysis_summary() is missing: run migration 003'
+    end
+  from functions
+  union all
+  select
+    22,
+    'stats_functions_for_operators_only',
+    functions.stats_summary is not null
+      and functions.analysis_summary is not null
+      and open_summaries.functions is null,
+    case
+      when functions.stats_summary is null or functions.analysis_summary is null
+        then 'cannot check: a function of migration 003 is missing'
+      when open_summaries.functions is null
+        then 'only operators may execute the summary functions'
+      else 'anon, authenticated or PUBLIC may execute '
+        || open_summaries.functions
+        || ': run migration 003 again, which revokes it'
+    end
+  from functions, open_summaries
 )
 select check_name::text, passed, detail::text
 from checks

@@ -70,6 +70,12 @@ class AsyncCacheFacade:
     def flush_pending(self) -> int:
         return self._loop.run(self.cache.flush_pending())
 
+    def flush_stats(self) -> int:
+        return self._loop.run(self.cache.flush_stats())
+
+    def close(self) -> None:
+        self._loop.run(self.cache.aclose())
+
     @property
     def pending_writes(self) -> int:
         return self.cache.pending_writes

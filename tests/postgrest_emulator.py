@@ -1,9 +1,10 @@
 """
 A mini PostgREST for the tests, served through respx.
 
-It serves exactly the requests that SupabaseStore and the Supabase backfill
-send: table reads, the upsert, calls of SQL functions under ``/rpc/``,
-filtered deletes, and the pages of sessions with their analysis embedded. For each
+It serves exactly the requests that SupabaseStore, the Supabase backfill and
+the stats command send: table reads, the upsert, calls of SQL functions under
+``/rpc/``, filtered deletes, the pages of sessions with their analysis
+embedded, and the insert of cache counters that ignores known ids. For each
 one it runs the SQL that PostgREST would run on the real test database, as
 the role named by the request's JWT (service_role, authenticated with its
 ``sub``, or anon) and with ``request.jwt.claims`` set, so row-level security
@@ -57,6 +58,7 @@ JWT_SECRET = b"salesai-cache-tests-jwt-secret-at-least-32-bytes"
 RESULTS = "salesai_analysis_results"
 SESSIONS = "salesai_sessions"
 CLAIMS = "salesai_analysis_claims"
+STATS = "salesai_cache_stats"
 RESULT_COLUMNS = frozenset(
     {
         "id",
@@ -306,9 +308,12 @@ class PostgrestEmulator:
         if not request.url.path.startswith(prefix):
             raise UnexpectedRequest(f"path {request.url.path} is not under {prefix}")
         resource = request.url.path[len(prefix) :]
-        if resource not in {RESULTS, SESSIONS, CLAIMS} and not resource.startswith(
-            "rpc/"
-        ):
+        if resource not in {
+            RESULTS,
+            SESSIONS,
+            CLAIMS,
+            STATS,
+        } and not resource.startswith("rpc/"):
             raise UnexpectedRequest(f"resource {resource!r}")
         for header in ("Accept-Profile", "Content-Profile"):
             if request.headers.get(header, "public") != "public":
@@ -353,6 +358,8 @@ class PostgrestEmulator:
             return self._run(claims, *self._sessions_page(params))
         if shape == ("POST", RESULTS, ("on_conflict", "select")):
             return self._upsert(claims, request)
+        if shape == ("POST", STATS, ("columns", "on_conflict")):
+            return self._insert_stats(claims, request)
         if shape == ("DELETE", CLAIMS, ("claimant", "session_id")):
             return self._delete(claims, request, table, {"return=minimal"})
         if request.method == "DELETE" and table == RESULTS and keys:
@@ -586,6 +593,47 @@ class PostgrestEmulator:
         )
         return self._run(claims, query, [json.dumps(body)], status=201)
 
+    def _insert_stats(
+        self, claims: dict[str, Any], request: httpx.Request
+    ) -> httpx.Response:
+        params = request.url.params
+        if params["on_conflict"] != "id":
+            raise UnexpectedRequest(f"on_conflict {params['on_conflict']!r}")
+        prefer = {part.strip() for part in request.headers.get("Prefer", "").split(",")}
+        if prefer != {"resolution=ignore-duplicates", "return=minimal"}:
+            raise UnexpectedRequest(f"Prefer {request.headers.get('Prefer')!r}")
+        body = json.loads(request.content)
+        if not (isinstance(body, list) and body):
+            raise UnexpectedRequest("the insert body is not a non-empty JSON array")
+        # postgrest-py names the columns of a bulk insert in ?columns=, and
+        # the columns left out get their defaults (user_id = auth.uid()).
+        # Each name double-quoted, in no particular order.
+        columns = [column.strip('"') for column in params["columns"].split(",")]
+        known = self._table_columns(STATS)
+        for column in columns:
+            if not _IDENTIFIER.match(column):
+                raise UnexpectedRequest(f"column {column!r}")
+            if column not in known:
+                return _error(
+                    400,
+                    "PGRST204",
+                    f"Could not find the '{column}' column of '{STATS}' in the "
+                    "schema cache",
+                )
+        query = sql.SQL(
+            "insert into public.{table} ({columns}) "
+            "select {columns} from json_populate_recordset(null::public.{table}, "
+            "%s::json) on conflict (id) do nothing"
+        ).format(
+            table=sql.Identifier(STATS),
+            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        )
+        response = self._run(claims, query, [json.dumps(body)], status=204)
+        if response.status_code != 204:
+            return response
+        # An insert with return=minimal answers 201 without a body.
+        return httpx.Response(201, headers={"Content-Range": "*/*"})
+
     def _table_columns(self, table: str) -> set[str]:
         with self._pool.connection() as conn:
             rows = conn.execute(
@@ -626,6 +674,12 @@ class PostgrestEmulator:
                 f"{names} or with a single unnamed json/jsonb parameter, but no "
                 "matches were found in the schema cache.",
             )
+
+        if not arguments:
+            query = sql.SQL(
+                "select pgrst_call.* from public.{function}() as pgrst_call"
+            ).format(function=sql.Identifier(function))
+            return self._run(claims, query, [])
 
         # As PostgREST calls a function: the body becomes a record typed by
         # the function's arguments, passed by name so defaults fill the rest.

@@ -137,9 +137,13 @@ def test_cli_migrate_after_rollback_reapplies(
     A rollback file forgets its migration, so migrate applies it again.
     """
     run(capsys, "migrate", "--db-url", bare_database_url)
+    apply_sql(legacy_db, "migrations/003_add_cache_stats_rollback")
     apply_sql(legacy_db, "migrations/002_add_freshness_and_claims_rollback")
     _, out, _ = run(capsys, "migrate", "--db-url", bare_database_url)
-    assert "applied     migrations/002_add_freshness_and_claims" in out
+    assert out.splitlines()[1:] == [
+        "applied     migrations/002_add_freshness_and_claims",
+        "applied     migrations/003_add_cache_stats",
+    ]
 
 
 @pytest.mark.sql
@@ -166,7 +170,7 @@ def test_cli_migrate_dry_run_lists(
 
 
 @pytest.mark.sql
-def test_cli_migrate_after_001_applies_002_only(
+def test_cli_migrate_after_001_applies_the_rest(
     legacy_db: psycopg.Connection[Any],
     bare_database_url: str,
     capsys: pytest.CaptureFixture[str],
@@ -178,6 +182,27 @@ def test_cli_migrate_after_001_applies_002_only(
     assert [line.split()[0] for line in out.splitlines()[1:]] == [
         "baseline",
         "applied",
+        "applied",
+    ]
+
+
+@pytest.mark.sql
+def test_cli_migrate_after_002_applies_003_only(
+    legacy_db: psycopg.Connection[Any],
+    bare_database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from salesai_cache._local.database import apply_sql
+
+    for name in migration_names()[:2]:
+        apply_sql(legacy_db, name)
+    _, out, _ = run(capsys, "migrate", "--db-url", bare_database_url)
+    assert out.splitlines()[1:] == [
+        "baseline  migrations/001_add_conversation_id_and_caching (found in the "
+        "database; did record)",
+        "baseline  migrations/002_add_freshness_and_claims (found in the "
+        "database; did record)",
+        "applied     migrations/003_add_cache_stats",
     ]
 
 
@@ -212,6 +237,19 @@ def test_cli_status_applied_after_migrate(
     run(capsys, "migrate", "--db-url", database_url)
     _, out, _ = run(capsys, "status", "--db-url", database_url)
     assert out.count("applied ") == len(migration_names())
+
+
+@pytest.mark.sql
+def test_cli_status_lists_three_migrations(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "migrate", "--db-url", database_url)
+    _, out, _ = run(capsys, "status", "--db-url", database_url)
+    assert [line.split()[:2] for line in out.splitlines()[1:]] == [
+        ["applied", "migrations/001_add_conversation_id_and_caching"],
+        ["applied", "migrations/002_add_freshness_and_claims"],
+        ["applied", "migrations/003_add_cache_stats"],
+    ]
 
 
 @pytest.fixture

@@ -19,6 +19,10 @@ def test_sql_files_listed() -> None:
         "verify",
         "migrations/001_add_conversation_id_and_caching",
         "migrations/001_add_conversation_id_and_caching_rollback",
+        "migrations/002_add_freshness_and_claims",
+        "migrations/002_add_freshness_and_claims_rollback",
+        "migrations/003_add_cache_stats",
+        "migrations/003_add_cache_stats_rollback",
     ):
         assert expected in names
 

@@ -308,6 +308,7 @@ def test_verify_lists_missing_002_objects(
     assert rows["functions_not_executable_by_anon"][0] is False
 
     apply_sql(migrated_001, UP)
+    apply_sql(migrated_001, "migrations/003_add_cache_stats")
     apply_sql(migrated_001, "policies")
 
     failed = [row for row in run_verify(migrated_001) if not row[1]]

@@ -227,6 +227,11 @@ def test_verify_legacy_then_migrated(
         "lookup_function_exists": False,
         "save_function_exists": False,
         "functions_not_executable_by_anon": False,
+        "cache_stats_table_exists": False,
+        "cache_stats_rls_enabled": False,
+        "cache_stats_policies_exist": False,
+        "stats_functions_exist": False,
+        "stats_functions_for_operators_only": False,
     }
 
     apply_sql(legacy_db, UP)
@@ -243,9 +248,15 @@ def test_verify_legacy_then_migrated(
         "lookup_function_exists",
         "save_function_exists",
         "functions_not_executable_by_anon",
+        "cache_stats_table_exists",
+        "cache_stats_rls_enabled",
+        "cache_stats_policies_exist",
+        "stats_functions_exist",
+        "stats_functions_for_operators_only",
     }
 
     apply_sql(legacy_db, "migrations/002_add_freshness_and_claims")
+    apply_sql(legacy_db, "migrations/003_add_cache_stats")
     apply_sql(legacy_db, "policies")
     assert all(_verify(legacy_db).values())
 

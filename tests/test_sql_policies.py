@@ -371,7 +371,7 @@ def test_policies_twice_changes_nothing(db: psycopg.Connection[Any]) -> None:
     apply_sql(db, "policies")
 
     assert schema_snapshot(db) == before
-    assert len(before["policies"]) == 17
+    assert len(before["policies"]) == 23
 
 
 def test_policies_follow_conventions(db: psycopg.Connection[Any]) -> None:

@@ -45,14 +45,20 @@ VERIFY_CHECKS = [
     "lookup_function_exists",
     "save_function_exists",
     "functions_not_executable_by_anon",
+    "cache_stats_table_exists",
+    "cache_stats_rls_enabled",
+    "cache_stats_policies_exist",
+    "stats_functions_exist",
+    "stats_functions_for_operators_only",
 ]
 
 
 def _apply_migrations(conn: psycopg.Connection[Any]) -> None:
     names = migration_names()
-    assert names[:2] == [
+    assert names == [
         "migrations/001_add_conversation_id_and_caching",
         "migrations/002_add_freshness_and_claims",
+        "migrations/003_add_cache_stats",
     ]
     for name in names:
         apply_sql(conn, name)
@@ -133,6 +139,25 @@ def test_setup_creates_schema(bare_db: psycopg.Connection[Any]) -> None:
         "claimed_at": ("timestamp with time zone", False),
         "expires_at": ("timestamp with time zone", False),
     }
+    stats = _columns(bare_db, "salesai_cache_stats")
+    counters = (
+        "hits",
+        "misses",
+        "stale_recomputes",
+        "waits",
+        "stale_served",
+        "prompt_tokens_saved",
+        "completion_tokens_saved",
+    )
+    assert stats == {
+        "id": ("uuid", False),
+        "recorded_at": ("timestamp with time zone", False),
+        "user_id": ("uuid", True),
+        "worker": ("text", False),
+        "model": ("text", False),
+        "analysis_version": ("text", True),
+        **{counter: ("bigint", False) for counter in counters},
+    }
     snapshot = schema_snapshot(bare_db)
     constraints = {(row[0], row[1]): row[3] for row in snapshot["constraints"]}
     assert constraints[
@@ -158,17 +183,27 @@ def test_setup_creates_schema(bare_db: psycopg.Connection[Any]) -> None:
         assert constraints[("salesai_analysis_results", name)] == (
             f"CHECK (({column} >= 0))"
         )
+    for counter in counters:
+        name = f"salesai_cache_stats_{counter}_check"
+        assert constraints[("salesai_cache_stats", name)] == (
+            f"CHECK (({counter} >= 0))"
+        )
     indexes = {row[1]: row[2] for row in snapshot["indexes"]}
     assert indexes["idx_salesai_sessions_conversation"].endswith(
         "USING btree (conversation_id)"
     )
     assert indexes["salesai_sessions_user_id_idx"].endswith("USING btree (user_id)")
+    assert indexes["salesai_cache_stats_recorded_at_idx"].endswith(
+        "USING btree (recorded_at)"
+    )
     assert {row[1] for row in snapshot["triggers"]} == {
         "salesai_analysis_results_set_updated_at",
         "salesai_sessions_set_updated_at",
     }
     assert all(row[4] for row in snapshot["tables"]), "every table has a comment"
     assert {row[0] for row in snapshot["functions"]} == {
+        "salesai_analysis_summary",
+        "salesai_cache_stats_summary",
         "salesai_lookup_analysis",
         "salesai_save_analysis",
         "salesai_set_updated_at",
@@ -245,7 +280,7 @@ def test_legacy_plus_migrations_match_setup(
     for kind in from_setup:
         assert from_migration[kind] == from_setup[kind], kind
     assert from_setup["columns"], "the snapshot must not be empty"
-    assert len(from_setup["functions"]) == 3
+    assert len(from_setup["functions"]) == 5
     assert _function_privileges(legacy_db) == _function_privileges(other_bare_db)
 
     apply_sql(legacy_db, "policies")

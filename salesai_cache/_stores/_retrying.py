@@ -9,14 +9,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import tenacity
 
-from .._async_protocols import AsyncAnalysisStore
+from .._async_protocols import AsyncAnalysisStore, AsyncStatsStore
 from .._models import Lookup, StoredAnalysis, TokenUsage
-from .._protocols import AnalysisStore
+from .._protocols import AnalysisStore, StatsStore
 from .._retry import STORE_RETRY, RetryPolicy, is_transient
+from .._stats import StatsRow
 
 __all__ = ["AsyncRetryingStore", "RetryingStore"]
 
@@ -36,8 +37,10 @@ class RetryingStore:
     before its reply was lost; the retry sends the same claimant, which
     ``salesai_lookup_analysis`` lets re-take its own claim, so it claims
     again instead of waiting for itself. ``release`` deletes only this
-    claimant's claim. ``invalidate`` is not retried: a delete that committed
-    before its reply was lost would report 0 rows the second time.
+    claimant's claim. ``record_stats`` inserts rows whose ids the cache
+    chose, and the database ignores an id it has, so a retry after a lost
+    reply counts nothing twice. ``invalidate`` is not retried: a delete that
+    committed before its reply was lost would report 0 rows the second time.
 
     Args:
         store: the store to wrap.
@@ -191,6 +194,17 @@ class RetryingStore:
         ``AnalysisStore.invalidate``, not retried.
         """
         return self._store.invalidate(session_id, analysis_version)
+
+    def record_stats(self, rows: list[StatsRow]) -> int:
+        """
+        ``StatsStore.record_stats`` of the wrapped store, retried: the
+        database ignores rows whose ids it has.
+        """
+        store = cast(StatsStore, self._store)
+        return self._call(
+            f"Recording {len(rows)} rows of cache counters",
+            lambda: store.record_stats(rows),
+        )
 
 
 class AsyncRetryingStore:
@@ -349,3 +363,14 @@ class AsyncRetryingStore:
         ``AsyncAnalysisStore.invalidate``, not retried (see ``RetryingStore``).
         """
         return await self._store.invalidate(session_id, analysis_version)
+
+    async def record_stats(self, rows: list[StatsRow]) -> int:
+        """
+        ``AsyncStatsStore.record_stats`` of the wrapped store, retried (see
+        ``RetryingStore``).
+        """
+        store = cast(AsyncStatsStore, self._store)
+        return await self.retried(
+            f"Recording {len(rows)} rows of cache counters",
+            lambda: store.record_stats(rows),
+        )

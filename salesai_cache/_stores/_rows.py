@@ -29,6 +29,8 @@ __all__ = [
     "SAVE_FUNCTION",
     "SESSIONS_TABLE",
     "SETUP_SQL",
+    "STATS_COLUMNS",
+    "STATS_TABLE",
     "parse_timestamp",
     "row_to_lookup",
     "row_to_stored",
@@ -40,6 +42,21 @@ SESSIONS_TABLE = "salesai_sessions"
 CLAIMS_TABLE = "salesai_analysis_claims"
 LOOKUP_FUNCTION = "salesai_lookup_analysis"
 SAVE_FUNCTION = "salesai_save_analysis"
+STATS_TABLE = "salesai_cache_stats"
+# The columns of salesai_cache_stats that a flush writes, in StatsRow's order.
+STATS_COLUMNS = (
+    "id",
+    "worker",
+    "model",
+    "analysis_version",
+    "hits",
+    "misses",
+    "stale_recomputes",
+    "waits",
+    "stale_served",
+    "prompt_tokens_saved",
+    "completion_tokens_saved",
+)
 
 # Named explicitly rather than ``*`` so that a database missing one of them
 # fails with "column does not exist" instead of returning a row without it.
@@ -59,6 +76,7 @@ ANALYSIS_COLUMNS = (
 SETUP_SQL = "sql/setup.sql"
 MIGRATION_001 = "sql/migrations/001_add_conversation_id_and_caching.sql"
 MIGRATION_002 = "sql/migrations/002_add_freshness_and_claims.sql"
+MIGRATION_003 = "sql/migrations/003_add_cache_stats.sql"
 
 # Objects that migration 002 creates. An error that names one of them means
 # that this migration is missing, whichever older ones are applied.
@@ -261,6 +279,12 @@ def translate_error(
             f"other arguments. Apply {MIGRATION_002} (it creates "
             f"{LOOKUP_FUNCTION} and {SAVE_FUNCTION}), after {MIGRATION_001} if "
             f"that is not applied yet.{reload_hint}{server_text}",
+            code=code,
+        )
+    if code in {"42P01", "PGRST205"} and table == STATS_TABLE:
+        return SchemaMismatchError(
+            f"{failed}: table {STATS_TABLE} does not exist. Apply {MIGRATION_003} "
+            f"(it creates the table).{reload_hint}{server_text}",
             code=code,
         )
     if code in {"42P01", "PGRST205"} and names_002:

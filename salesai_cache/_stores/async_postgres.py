@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
+from .._stats import StatsRow
 from ..exceptions import SessionNotFoundError
 from ._rows import (
     ANALYSIS_TABLE,
@@ -26,6 +27,7 @@ from ._rows import (
     LOOKUP_FUNCTION,
     SAVE_FUNCTION,
     SESSIONS_TABLE,
+    STATS_TABLE,
     row_to_stored,
 )
 from .postgres import (
@@ -35,6 +37,7 @@ from .postgres import (
     _FETCH_TRANSCRIPT,
     _FUNCTION_TABLES,
     _LOOKUP,
+    _RECORD_STATS,
     _RELEASE,
     _SAVE,
     _hidden_row_error,
@@ -44,6 +47,7 @@ from .postgres import (
     _save_params,
     _saved,
     _store_error,
+    stats_params,
 )
 
 __all__ = ["AsyncPostgresStore"]
@@ -271,6 +275,22 @@ class AsyncPostgresStore:
         )
         logger.debug("Invalidated %d analyses via psycopg", deleted)
         return deleted
+
+    async def record_stats(self, rows: Sequence[StatsRow]) -> int:
+        """
+        Insert counter rows into ``salesai_cache_stats`` in one statement, as
+        ``PostgresStore.record_stats`` does.
+        """
+        if not rows:
+            return 0
+        await self._rowcount(
+            _RECORD_STATS,
+            stats_params(rows),
+            action=f"recording {len(rows)} rows of cache counters",
+            table=STATS_TABLE,
+        )
+        logger.debug("Recorded %d rows of cache counters via psycopg", len(rows))
+        return len(rows)
 
     async def aclose(self) -> None:
         """

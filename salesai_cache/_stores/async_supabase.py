@@ -24,6 +24,7 @@ from postgrest import (
 from supabase import AsyncClient
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
+from .._stats import StatsRow
 from ..exceptions import SessionNotFoundError
 from ._rows import (
     ANALYSIS_TABLE,
@@ -31,6 +32,7 @@ from ._rows import (
     LOOKUP_FUNCTION,
     SAVE_FUNCTION,
     SESSIONS_TABLE,
+    STATS_TABLE,
     row_to_stored,
 )
 from .supabase import (
@@ -315,6 +317,31 @@ class AsyncSupabaseStore:
             table=ANALYSIS_TABLE,
         )
         return _deleted(response)
+
+    async def record_stats(self, rows: Sequence[StatsRow]) -> int:
+        """
+        Insert counter rows into ``salesai_cache_stats`` in one request, as
+        ``SupabaseStore.record_stats`` does.
+        """
+        if not rows:
+            return 0
+        request = (
+            self._table(STATS_TABLE)
+            .upsert(
+                [row.as_record() for row in rows],
+                on_conflict="id",
+                ignore_duplicates=True,
+                returning=_MINIMAL,
+            )
+            .retry(False)
+        )
+        await self._execute(
+            request.execute,
+            action=f"recording {len(rows)} rows of cache counters",
+            table=STATS_TABLE,
+        )
+        logger.debug("Recorded %d rows of cache counters via PostgREST", len(rows))
+        return len(rows)
 
     async def aclose(self) -> None:
         """

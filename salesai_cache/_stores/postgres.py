@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
 from .._retry import is_transient_store_code
+from .._stats import StatsRow
 from ..exceptions import (
     CacheStoreError,
     ConfigurationError,
@@ -34,6 +35,8 @@ from ._rows import (
     MIGRATION_002,
     SAVE_FUNCTION,
     SESSIONS_TABLE,
+    STATS_COLUMNS,
+    STATS_TABLE,
     row_to_lookup,
     row_to_stored,
     translate_error,
@@ -142,6 +145,17 @@ _RELEASE = _render(
     )
 )
 _FUNCTION_TABLES = f"{ANALYSIS_TABLE} and {CLAIMS_TABLE}"
+# One statement for any number of rows: each column is sent as an array. A
+# row whose id the table has was written by an earlier attempt and is skipped.
+_RECORD_STATS = sql.SQL(
+    "insert into {table} ({columns}) select * from unnest("
+    "%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
+    "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::bigint[]) on conflict (id) do nothing"
+).format(
+    table=sql.Identifier("public", STATS_TABLE),
+    columns=sql.SQL(", ").join(map(sql.Identifier, STATS_COLUMNS)),
+)
 
 
 class PostgresStore:
@@ -357,6 +371,25 @@ class PostgresStore:
         logger.debug("Invalidated %d analyses via psycopg", deleted)
         return deleted
 
+    def record_stats(self, rows: Sequence[StatsRow]) -> int:
+        """
+        Insert counter rows into ``salesai_cache_stats`` in one statement,
+        skipping ids the table has, and return ``len(rows)``.
+
+        Raises:
+            SchemaMismatchError: the table is missing (migration 003).
+        """
+        if not rows:
+            return 0
+        self._rowcount(
+            _RECORD_STATS,
+            stats_params(rows),
+            action=f"recording {len(rows)} rows of cache counters",
+            table=STATS_TABLE,
+        )
+        logger.debug("Recorded %d rows of cache counters via psycopg", len(rows))
+        return len(rows)
+
     def _one(
         self,
         query: sql.Composed | bytes,
@@ -477,6 +510,14 @@ def _save_params(
         analysis_version,
         claimant,
     )
+
+
+def stats_params(rows: Sequence[StatsRow]) -> tuple[list[Any], ...]:
+    """
+    Return the column arrays of ``_RECORD_STATS`` for ``rows``.
+    """
+    records = [row.as_record() for row in rows]
+    return tuple([record[column] for record in records] for column in STATS_COLUMNS)
 
 
 def _looked_up(row: Mapping[str, Any] | None, session_id: str) -> Lookup:

@@ -27,6 +27,7 @@ from postgrest.base_request_builder import SingleAPIResponse
 from supabase import Client
 
 from .._models import Lookup, StoredAnalysis, TokenUsage
+from .._stats import StatsRow
 from ..exceptions import (
     CacheStoreError,
     ConfigurationError,
@@ -40,6 +41,7 @@ from ._rows import (
     LOOKUP_FUNCTION,
     SAVE_FUNCTION,
     SESSIONS_TABLE,
+    STATS_TABLE,
     row_to_lookup,
     row_to_stored,
     translate_error,
@@ -316,6 +318,35 @@ class SupabaseStore:
             table=ANALYSIS_TABLE,
         )
         return _deleted(response)
+
+    def record_stats(self, rows: Sequence[StatsRow]) -> int:
+        """
+        Insert counter rows into ``salesai_cache_stats`` in one request and
+        return ``len(rows)``: an upsert that ignores ids the table has
+        (``on conflict (id) do nothing``), returning nothing.
+
+        Raises:
+            SchemaMismatchError: the table is missing (migration 003).
+        """
+        if not rows:
+            return 0
+        request = (
+            self._table(STATS_TABLE)
+            .upsert(
+                [row.as_record() for row in rows],
+                on_conflict="id",
+                ignore_duplicates=True,
+                returning=_MINIMAL,
+            )
+            .retry(False)
+        )
+        self._execute(
+            request.execute,
+            action=f"recording {len(rows)} rows of cache counters",
+            table=STATS_TABLE,
+        )
+        logger.debug("Recorded %d rows of cache counters via PostgREST", len(rows))
+        return len(rows)
 
     def _table(self, name: str) -> SyncRequestBuilder:
         # Asked for on every call: supabase-py builds a new PostgREST client

@@ -27,6 +27,8 @@
 --   salesai_sessions, which takes ACCESS EXCLUSIVE there (PostgreSQL 15),
 --   so that lock is taken up front rather than upgraded midway. Reads and
 --   writes of sessions and analyses wait while it runs.
+-- Order: roll back 003 first. While its table salesai_cache_stats exists,
+--   this file stops with SQLSTATE 55000 and changes nothing.
 -- Re-runnable: yes; every drop uses "if exists".
 -- Tested: on PostgreSQL 15 and 18: up, down, down again, up; after this
 --   rollback and 001's, the schema equals tests/legacy_schema.sql
@@ -38,6 +40,19 @@ set local lock_timeout = '5s';
 
 lock table public.salesai_analysis_results in access exclusive mode;
 lock table public.salesai_sessions in access exclusive mode;
+
+-- Migrations apply and roll back in order: 003 refuses to run without 002,
+-- so 002 is not taken away from under it.
+do $$
+begin
+  if to_regclass('public.salesai_cache_stats') is not null then
+    raise exception 'migration 003 is still applied'
+      using errcode = '55000',
+        hint = 'Run migrations/003_add_cache_stats_rollback.sql first, '
+          'then this file.';
+  end if;
+end
+$$;
 
 -- 1. By full signature: an overload with other arguments is not ours.
 drop function if exists public.salesai_save_analysis(
