@@ -40,6 +40,7 @@ from ._core import (
     read_stored,
     settle_flight,
     validate_stored,
+    warn_unwritten,
 )
 from ._keys import transcript_hash
 from ._models import (
@@ -233,14 +234,20 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
 
     async def aclose(self) -> None:
         """
-        Write the counters not yet flushed (``flush_stats``), then close the
-        client if the cache created it (``from_supabase_url``,
-        ``from_postgres_url``); a client passed in stays open. Closing twice
-        does nothing. Calls after it raise ``CacheClosedError``.
+        Write the analyses whose save failed (``flush_pending``) and the
+        counters not yet flushed (``flush_stats``), then close the client if
+        the cache created it (``from_supabase_url``, ``from_postgres_url``); a
+        client passed in stays open. Analyses that still cannot be written
+        are logged at WARNING by session, since they go with the cache.
+        Closing twice does nothing. Calls after it raise ``CacheClosedError``.
         """
         if self._closed:
             return
-        self._closed = True
+        try:
+            await self.flush_pending()
+        finally:
+            self._closed = True
+        warn_unwritten(logger, self._memory.pending_sessions())
         try:
             await self.flush_stats()
         finally:

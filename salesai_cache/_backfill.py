@@ -270,6 +270,9 @@ def analyse_pending(
             bar.close()
         for cache in caches:
             report.stats = report.stats + cache.stats()
+            # Writes what a failed save left in memory, and the counters,
+            # while the client is still open.
+            cache.close()
         for client in clients:
             close(client)
 

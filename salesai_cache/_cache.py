@@ -33,6 +33,7 @@ from ._core import (
     read_stored,
     settle_flight,
     validate_stored,
+    warn_unwritten,
 )
 from ._keys import transcript_hash
 from ._models import (
@@ -172,9 +173,14 @@ class AnalysisCache(Generic[AnalysisT]):
 
     def close(self) -> None:
         """
-        Write the counters not yet flushed (``flush_stats``). The client
-        passed in stays open: the cache does not own it.
+        Write the analyses whose save failed (``flush_pending``) and the
+        counters not yet flushed (``flush_stats``). Analyses that still
+        cannot be written are logged at WARNING by session, since they go
+        with the cache. The client passed in stays open: the cache does not
+        own it.
         """
+        self.flush_pending()
+        warn_unwritten(logger, self._memory.pending_sessions())
         self.flush_stats()
 
     def flush_stats(self) -> int:

@@ -288,6 +288,21 @@ class BatchResult(Generic[AnalysisT]):
         return self.found.get(validate_session_id(session_id))
 
 
+def warn_unwritten(logger: logging.Logger, sessions: Sequence[str]) -> None:
+    """
+    Log the sessions whose computed analysis is still unwritten when a cache
+    closes: they are lost with it and will be computed again.
+    """
+    if sessions:
+        logger.warning(
+            "Closing the cache with %d computed analyses that could not be "
+            "written to the database; they are lost and will be computed "
+            "again: sessions %s",
+            len(sessions),
+            ", ".join(sessions),
+        )
+
+
 def settle_flight(
     result: AnalysisResult[AnalysisT], shared: bool, stats: StatsRecorder
 ) -> AnalysisResult[AnalysisT]:

@@ -777,6 +777,36 @@ def test_flush_pending_failing_keeps(
 @pytest.mark.sql
 @SUPABASE_WARNINGS[0]
 @SUPABASE_WARNINGS[1]
+def test_close_writes_pending(
+    unwritten: CacheStatus,
+    cache: AnalysisCache[Verdict],
+    db: psycopg.Connection[Any],
+    session_id: str,
+) -> None:
+    cache.close()
+    assert _stored_hash(db, session_id) == FINGERPRINT
+
+
+@pytest.mark.sql
+@SUPABASE_WARNINGS[0]
+@SUPABASE_WARNINGS[1]
+def test_close_warns_unwritten(
+    unwritten: CacheStatus,
+    cache: AnalysisCache[Verdict],
+    flaky: FlakyStore,
+    session_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flaky.failures["save"] = 3
+    with caplog.at_level(logging.WARNING, logger="salesai_cache"):
+        cache.close()
+    closing = [r.getMessage() for r in caplog.records if "Closing" in r.getMessage()]
+    assert len(closing) == 1 and session_id in closing[0]
+
+
+@pytest.mark.sql
+@SUPABASE_WARNINGS[0]
+@SUPABASE_WARNINGS[1]
 def test_pending_bounded(
     backend: Backend,
     flaky: FlakyStore,
