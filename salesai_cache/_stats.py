@@ -227,8 +227,8 @@ class StatsRecorder:
                     )
         self._prices = dict(DEFAULT_PRICES if prices is None else prices)
         self._lock = threading.Lock()
-        self._stats = CacheStats()
-        self._deltas: dict[tuple[str, str | None], CacheStats] = {}
+        self._total = _Tally()
+        self._deltas: dict[tuple[str, str | None], _Tally] = {}
 
     @property
     def prices(self) -> Mapping[str, ModelPrice]:
@@ -243,23 +243,17 @@ class StatsRecorder:
         stale analysis.
         """
         status = result.status
-        saved = status is not CacheStatus.MISS
-        cost = estimate_cost(result.model, result.usage, self._prices) if saved else 0.0
-        delta = CacheStats(
-            hits=int(status is CacheStatus.HIT),
-            misses=int(status is CacheStatus.MISS),
-            stale_recomputes=int(status is CacheStatus.MISS and stale),
-            waits=int(status is CacheStatus.WAITED),
-            stale_served=int(status is CacheStatus.STALE),
-            saved_usage=result.usage if saved else TokenUsage(),
-            saved_cost_usd=cost or 0.0,
-            unpriced_calls=int(saved and cost is None),
-        )
-        # The same delta feeds both, so the database sums what stats() shows.
+        cost = None
+        if status is not CacheStatus.MISS:
+            cost = estimate_cost(result.model, result.usage, self._prices)
+        # The same counts feed both, so the database sums what stats() shows.
         key = (result.model, result.analysis_version)
         with self._lock:
-            self._stats = self._stats + delta
-            self._deltas[key] = self._deltas.get(key, CacheStats()) + delta
+            self._total.add(status, stale, result.usage, cost)
+            delta = self._deltas.get(key)
+            if delta is None:
+                delta = self._deltas[key] = _Tally()
+            delta.add(status, stale, result.usage, cost)
 
     def take_rows(self, worker: str) -> list[StatsRow]:
         """
@@ -277,8 +271,8 @@ class StatsRecorder:
                 stale_recomputes=delta.stale_recomputes,
                 waits=delta.waits,
                 stale_served=delta.stale_served,
-                prompt_tokens_saved=delta.saved_usage.prompt_tokens,
-                completion_tokens_saved=delta.saved_usage.completion_tokens,
+                prompt_tokens_saved=delta.prompt_tokens,
+                completion_tokens_saved=delta.completion_tokens,
                 worker=worker,
             )
             for (model, version), delta in deltas.items()
@@ -289,7 +283,77 @@ class StatsRecorder:
         Return the counters as they are now.
         """
         with self._lock:
-            return self._stats
+            return self._total.snapshot()
+
+
+class _Tally:
+    """
+    Counters bumped in place on every call: cheaper on a hit than building a
+    frozen ``CacheStats`` and adding it.
+    """
+
+    __slots__ = (
+        "completion_tokens",
+        "cost_usd",
+        "hits",
+        "misses",
+        "prompt_tokens",
+        "stale_recomputes",
+        "stale_served",
+        "total_tokens",
+        "unpriced_calls",
+        "waits",
+    )
+
+    def __init__(self) -> None:
+        self.hits = self.misses = self.stale_recomputes = 0
+        self.waits = self.stale_served = self.unpriced_calls = 0
+        self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
+        self.cost_usd = 0.0
+
+    def add(
+        self, status: CacheStatus, stale: bool, usage: TokenUsage, cost: float | None
+    ) -> None:
+        """
+        Count one call as ``CacheStats`` describes; ``cost`` is ``None``
+        for a saved call whose model has no price.
+        """
+        if status is CacheStatus.MISS:
+            self.misses += 1
+            self.stale_recomputes += int(stale)
+            return
+        if status is CacheStatus.HIT:
+            self.hits += 1
+        elif status is CacheStatus.WAITED:
+            self.waits += 1
+        else:
+            self.stale_served += 1
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.total_tokens += usage.total_tokens
+        if cost is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost_usd += cost
+
+    def snapshot(self) -> CacheStats:
+        """
+        Return the counters as a ``CacheStats``.
+        """
+        return CacheStats(
+            hits=self.hits,
+            misses=self.misses,
+            stale_recomputes=self.stale_recomputes,
+            waits=self.waits,
+            stale_served=self.stale_served,
+            saved_usage=TokenUsage(
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                total_tokens=self.total_tokens,
+            ),
+            saved_cost_usd=self.cost_usd,
+            unpriced_calls=self.unpriced_calls,
+        )
 
 
 def _add_usage(first: TokenUsage, second: TokenUsage) -> TokenUsage:
