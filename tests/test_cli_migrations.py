@@ -73,7 +73,7 @@ def test_status_half_migrated(
 ) -> None:
     apply_sql(legacy_db, migration_names()[0])
     _, out, _ = run(capsys, "status", "--db-url", bare_database_url)
-    assert statuses(out) == ["found", "pending"]
+    assert statuses(out) == ["found"] + ["pending"] * (len(migration_names()) - 1)
 
 
 def test_status_half_migrated_matches_dry_run(
