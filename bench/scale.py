@@ -72,9 +72,10 @@ def lookup_plan(conn: psycopg.Connection[Any], session_id: str) -> str:
     Return the plan node that reads the stored analysis in the cache's own
     lookup statement.
     """
-    from salesai_cache._stores.postgres import _LOOKUP, _lookup_params
+    from salesai_cache._stores._rows import lookup_params
+    from salesai_cache._stores.postgres import _LOOKUP
 
-    params = _lookup_params(
+    params = lookup_params(
         session_id,
         transcript_hash(parse_transcript(TRANSCRIPT)),
         ConversationMetricsAnalyzer().analysis_version,

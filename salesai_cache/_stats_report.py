@@ -21,6 +21,7 @@ from ._stats import (
     ModelPrice,
     estimate_cost,
 )
+from ._stores._rows import STATS_COLUMNS
 from .exceptions import InvalidInputError
 
 __all__ = [
@@ -41,17 +42,8 @@ STATS_SUMMARY = "salesai_cache_stats_summary"
 ANALYSIS_SUMMARY = "salesai_analysis_summary"
 MIGRATION_003 = "sql/migrations/003_add_cache_stats.sql"
 
-_COUNTER_COLUMNS = (
-    "model",
-    "analysis_version",
-    "hits",
-    "misses",
-    "stale_recomputes",
-    "waits",
-    "stale_served",
-    "prompt_tokens_saved",
-    "completion_tokens_saved",
-)
+# The summary function returns the columns a flush writes, less id and worker.
+_COUNTER_COLUMNS = STATS_COLUMNS[2:]
 _ANALYSIS_COLUMNS = (
     "model",
     "analysis_version",

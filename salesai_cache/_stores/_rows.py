@@ -31,6 +31,7 @@ __all__ = [
     "SETUP_SQL",
     "STATS_COLUMNS",
     "STATS_TABLE",
+    "lookup_params",
     "parse_timestamp",
     "row_to_lookup",
     "row_to_stored",
@@ -378,3 +379,24 @@ def translate_error(
         code=code,
         retryable=is_transient_store_code(code),
     )
+
+
+def lookup_params(
+    session_id: str,
+    transcript_hash: str,
+    analysis_version: str,
+    claimant: str,
+    lease_seconds: float,
+    force: bool,
+) -> dict[str, Any]:
+    """
+    Return the named arguments of ``salesai_lookup_analysis``.
+    """
+    return {
+        "p_session_id": session_id,
+        "p_transcript_hash": transcript_hash,
+        "p_analysis_version": analysis_version,
+        "p_claimant": claimant,
+        "p_lease_seconds": float(lease_seconds),
+        "p_force": force,
+    }

@@ -28,6 +28,7 @@ from ._rows import (
     SAVE_FUNCTION,
     SESSIONS_TABLE,
     STATS_TABLE,
+    lookup_params,
     row_to_stored,
 )
 from .postgres import (
@@ -43,7 +44,6 @@ from .postgres import (
     _hidden_row_error,
     _invalidate_query,
     _looked_up,
-    _lookup_params,
     _save_params,
     _saved,
     _store_error,
@@ -189,7 +189,7 @@ class AsyncPostgresStore:
         """
         row = await self._one(
             _LOOKUP,
-            _lookup_params(
+            lookup_params(
                 session_id,
                 transcript_hash,
                 analysis_version,

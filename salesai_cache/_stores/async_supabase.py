@@ -33,6 +33,7 @@ from ._rows import (
     SAVE_FUNCTION,
     SESSIONS_TABLE,
     STATS_TABLE,
+    lookup_params,
     row_to_stored,
 )
 from .supabase import (
@@ -45,7 +46,6 @@ from .supabase import (
     _chunks,
     _deleted,
     _looked_up,
-    _lookup_params,
     _request_error,
     _role_of,
     _row_list,
@@ -220,7 +220,7 @@ class AsyncSupabaseStore:
                 this id.
             SchemaMismatchError: migration 002 is not applied.
         """
-        params = _lookup_params(
+        params = lookup_params(
             session_id,
             transcript_hash,
             analysis_version,

@@ -37,6 +37,7 @@ from ._rows import (
     SESSIONS_TABLE,
     STATS_COLUMNS,
     STATS_TABLE,
+    lookup_params,
     row_to_lookup,
     row_to_stored,
     translate_error,
@@ -115,15 +116,17 @@ _LOOKUP = _render(
         "(select {columns}, extract(epoch from pg_catalog.clock_timestamp() "
         "- updated_at)::double precision as age_seconds, true as fresh, "
         "false as claimed, null::timestamptz as claim_expires_at "
-        "from {analyses} where session_id = %(session)s "
-        "and transcript_hash = %(hash)s and analysis_version = %(version)s "
-        "and not %(force)s) "
+        "from {analyses} where session_id = %(p_session_id)s "
+        "and transcript_hash = %(p_transcript_hash)s "
+        "and analysis_version = %(p_analysis_version)s "
+        "and not %(p_force)s) "
         "union all "
         "(select {columns}, age_seconds, fresh, claimed, claim_expires_at "
-        "from {function}(p_session_id => %(session)s, "
-        "p_transcript_hash => %(hash)s, p_analysis_version => %(version)s, "
-        "p_claimant => %(claimant)s, p_lease_seconds => %(lease)s, "
-        "p_force => %(force)s)) "
+        "from {function}(p_session_id => %(p_session_id)s, "
+        "p_transcript_hash => %(p_transcript_hash)s, "
+        "p_analysis_version => %(p_analysis_version)s, "
+        "p_claimant => %(p_claimant)s, p_lease_seconds => %(p_lease_seconds)s, "
+        "p_force => %(p_force)s)) "
         "limit 1"
     ).format(
         columns=_COLUMNS,
@@ -284,7 +287,7 @@ class PostgresStore:
         """
         row = self._one(
             _LOOKUP,
-            _lookup_params(
+            lookup_params(
                 session_id,
                 transcript_hash,
                 analysis_version,
@@ -470,24 +473,6 @@ class PostgresStore:
                 closed=self._conn.closed,
                 role=self._role() if error.sqlstate == "42501" else None,
             ) from error
-
-
-def _lookup_params(
-    session_id: str,
-    transcript_hash: str,
-    analysis_version: str,
-    claimant: str,
-    lease_seconds: float,
-    force: bool,
-) -> dict[str, Any]:
-    return {
-        "session": session_id,
-        "hash": transcript_hash,
-        "version": analysis_version,
-        "claimant": claimant,
-        "lease": float(lease_seconds),
-        "force": force,
-    }
 
 
 def _save_params(

@@ -42,6 +42,7 @@ from ._rows import (
     SAVE_FUNCTION,
     SESSIONS_TABLE,
     STATS_TABLE,
+    lookup_params,
     row_to_lookup,
     row_to_stored,
     translate_error,
@@ -221,7 +222,7 @@ class SupabaseStore:
                 this id.
             SchemaMismatchError: migration 002 is not applied.
         """
-        params = _lookup_params(
+        params = lookup_params(
             session_id,
             transcript_hash,
             analysis_version,
@@ -433,24 +434,6 @@ def _request_error(
         # URL or a refused TLS handshake will not either way.
         retryable=isinstance(error, httpx.TransportError),
     )
-
-
-def _lookup_params(
-    session_id: str,
-    transcript_hash: str,
-    analysis_version: str,
-    claimant: str,
-    lease_seconds: float,
-    force: bool,
-) -> dict[str, Any]:
-    return {
-        "p_session_id": session_id,
-        "p_transcript_hash": transcript_hash,
-        "p_analysis_version": analysis_version,
-        "p_claimant": claimant,
-        "p_lease_seconds": lease_seconds,
-        "p_force": force,
-    }
 
 
 def _save_params(
