@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -69,6 +70,7 @@ __all__ = ["AsyncAnalysisCache"]
 logger = logging.getLogger(__name__)
 
 AnalysisT = TypeVar("AnalysisT", bound=BaseModel)
+_T = TypeVar("_T")
 
 
 class AsyncAnalysisCache(Generic[AnalysisT]):
@@ -154,7 +156,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         )
         self._owns_client = False
         self._closed = False
-        self._releases: set[asyncio.Future[None]] = set()
+        self._background_tasks: set[asyncio.Future[Any]] = set()
 
     @classmethod
     async def from_supabase_url(
@@ -234,8 +236,9 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
 
     async def aclose(self) -> None:
         """
-        Write the analyses whose save failed (``flush_pending``) and the
-        counters not yet flushed (``flush_stats``), then close the client if
+        Wait for the saves that cancelled calls left running, write the
+        analyses whose save failed (``flush_pending``) and the counters not
+        yet flushed (``flush_stats``), then close the client if
         the cache created it (``from_supabase_url``, ``from_postgres_url``); a
         client passed in stays open. Analyses that still cannot be written
         are logged at WARNING by session, since they go with the cache.
@@ -243,6 +246,10 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         """
         if self._closed:
             return
+        # Saves and releases that cancelled callers left running go first,
+        # so that a failed save joins the pending writes below.
+        if self._background_tasks:
+            await asyncio.gather(*self._background_tasks, return_exceptions=True)
         try:
             await self.flush_pending()
         finally:
@@ -614,10 +621,18 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         )
         version = self._analyzer.analysis_version
         write = PendingWrite(output, fingerprint, version)
+        # The analysis is paid for from here on: the save runs in a task of
+        # its own, which a cancellation of the caller leaves running.
+        save = self._background(
+            self._io.save(session_id, **write.save_arguments(), claimant=claimant)
+        )
         try:
-            stored = await self._io.save(
-                session_id, **write.save_arguments(), claimant=claimant
+            stored = await asyncio.shield(save)
+        except asyncio.CancelledError:
+            save.add_done_callback(
+                functools.partial(self._saved_late, session_id, write, claimant)
             )
+            raise
         except (ConfigurationError, SessionNotFoundError):
             await self._release_shielded(session_id, claimant)
             raise
@@ -671,16 +686,48 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             return self._memory.written(session_id, write, error)
         return self._memory.written(session_id, write, None)
 
+    def _background(self, work: Awaitable[_T]) -> asyncio.Future[_T]:
+        """
+        Run ``work`` in a task that ``aclose`` waits for.
+        """
+        task = asyncio.ensure_future(work)
+        # The loop keeps only weak references to tasks.
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+        return task
+
+    def _saved_late(
+        self,
+        session_id: str,
+        write: PendingWrite[AnalysisT],
+        claimant: str,
+        save: asyncio.Future[StoredAnalysis],
+    ) -> None:
+        """
+        Settle the save of a caller that was cancelled while it ran: keep a
+        failed write in memory like any other, and release the claim.
+        """
+        error = None if save.cancelled() else save.exception()
+        if save.cancelled() or error is not None:
+            if isinstance(error, CacheStoreError) and not isinstance(
+                error, (ConfigurationError, SessionNotFoundError)
+            ):
+                self._memory.keep(session_id, write, error)
+            self._background(self._release_quietly(session_id, claimant))
+            return
+        self._memory.saved(session_id, write.fingerprint, write.version)
+        logger.debug(
+            "Stored the analysis of session %s after its caller was cancelled",
+            session_id,
+        )
+
     async def _release_shielded(self, session_id: str, claimant: str) -> None:
         """
         Release the claim, even when the calling task is being cancelled: the
         release runs in a task of its own that a second cancellation of the
         caller does not stop.
         """
-        release = asyncio.ensure_future(self._release_quietly(session_id, claimant))
-        # The loop keeps only weak references to tasks.
-        self._releases.add(release)
-        release.add_done_callback(self._releases.discard)
+        release = self._background(self._release_quietly(session_id, claimant))
         # Cancelled again while releasing: the release task finishes alone.
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(release)

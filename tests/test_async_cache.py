@@ -38,6 +38,7 @@ from salesai_cache import (
     TokenUsage,
     Turn,
 )
+from salesai_cache._async_cache import _make_async_store
 from salesai_cache._local.database import create_auth_user
 from salesai_cache._stores.async_supabase import close_async_client
 
@@ -196,6 +197,74 @@ def test_cancel_stores_nothing(
 ) -> None:
     asyncio.run(cancel_computing(connect, session_id, SlowAnalyzer(30)))
     assert count(db, "salesai_analysis_results", session_id) == 0
+
+
+class CancelOnReturn(SlowAnalyzer):
+    """
+    An analyzer that cancels its caller's task as it returns the analysis:
+    the cancellation arrives while the cache saves what was paid for.
+    """
+
+    async def analyze(self, transcript: Sequence[Turn]) -> AnalyzerOutput[Verdict]:
+        output = await super().analyze(transcript)
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        return output
+
+
+class SlowSave:
+    """
+    The store of a client, whose saves wait a moment before they start, so
+    that a cancellation finds the save under way.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._store = _make_async_store(client)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def save(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return await self._store.save(*args, **kwargs)
+
+
+async def cancel_while_saving(
+    connect: Connect, session_id: str, analyzer: SlowAnalyzer
+) -> list[CacheStatus]:
+    """
+    Cancel a compute while it saves, close the cache, and return the status
+    of the next call on a new cache.
+    """
+    async with connect() as client:
+        cache = AsyncAnalysisCache(SlowSave(client), analyzer)
+        task = asyncio.create_task(cache.get_or_compute(session_id, TRANSCRIPT))
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await cache.aclose()
+        again = AsyncAnalysisCache(client, analyzer)
+        return [(await again.get_or_compute(session_id, TRANSCRIPT)).status]
+
+
+def test_cancel_while_saving_stores(
+    connect: Connect, db: psycopg.Connection[Any], session_id: str
+) -> None:
+    asyncio.run(cancel_while_saving(connect, session_id, CancelOnReturn(0)))
+    assert count(db, "salesai_analysis_results", session_id) == 1
+
+
+def test_cancel_while_saving_releases_claim(
+    connect: Connect, db: psycopg.Connection[Any], session_id: str
+) -> None:
+    asyncio.run(cancel_while_saving(connect, session_id, CancelOnReturn(0)))
+    assert count(db, "salesai_analysis_claims", session_id) == 0
+
+
+def test_cancel_while_saving_pays_once(connect: Connect, session_id: str) -> None:
+    analyzer = CancelOnReturn(0)
+    statuses = asyncio.run(cancel_while_saving(connect, session_id, analyzer))
+    assert (statuses, analyzer.calls) == ([CacheStatus.HIT], 1)
 
 
 async def cancel_during_retry(
