@@ -26,7 +26,6 @@ from pydantic import BaseModel
 from ._analyzers.metrics import ConversationMetrics, ConversationMetricsAnalyzer
 from ._analyzers.schemas import SalesCallAnalysis
 from ._cache import AnalysisCache
-from ._cli import positive_int
 from ._datasets import Conversation, load_bundled_conversations, load_transcript_folder
 from ._models import AnalysisResult
 from ._protocols import Analyzer
@@ -68,7 +67,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit",
-        type=positive_int,
+        type=int,
         metavar="N",
         help="analyse only the first N conversations (default: all with the "
         f"local analyzer, {_OPENAI_DEFAULT_LIMIT} with OpenAI)",

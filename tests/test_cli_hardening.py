@@ -280,11 +280,6 @@ def test_backfill_concurrency_rejected_first(
     )
 
 
-def test_demo_limit_rejected_first(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_usage_error(capsys, "demo", "--limit", "0")
-    assert (code, "--limit: invalid value '0'" in err) == (2, True)
-
-
 def test_demo_data_dir_parent_missing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
