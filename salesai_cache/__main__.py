@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,10 @@ __all__ = ["FOUND_LINES_SHOWN", "FoundLinesHandler", "main"]
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _FOUND = "Found cached analysis in database"
+
+# The exit code of a process killed by SIGPIPE in a shell, distinct from a
+# failed check (1) and bad input (2).
+_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 FOUND_LINES_SHOWN = 3
 """How many "Found cached analysis" lines the demo shows without --log-level."""
@@ -115,6 +120,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("salesai_cache").setLevel(level or "INFO")
 
+    try:
+        code = _run_command(parser, args)
+        # Output still buffered would fail at shutdown, out of reach.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped reading, as "| head" does: not an error.
+        _stdout_to_devnull()
+        return _BROKEN_PIPE
+    return code
+
+
+def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _run_demo(args)
     if hasattr(args, "handler"):
@@ -123,6 +140,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_operator_command(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
+
+
+def _stdout_to_devnull() -> None:
+    """
+    Point stdout at devnull, so that flushing it at shutdown raises no second
+    BrokenPipeError (the recipe of the Python docs on SIGPIPE).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        # A stdout without a file descriptor, as in tests, flushes nowhere.
+        return
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -143,6 +173,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except ImportError as error:
         print(
             f"error: {error}. The demo needs the embedded extra: "

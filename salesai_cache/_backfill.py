@@ -145,6 +145,7 @@ def run_backfill(
     concurrency: int = 4,
     progress: bool = True,
     progress_file: TextIO | None = None,
+    report: BackfillReport | None = None,
 ) -> BackfillReport:
     """
     Analyse every session without a current analysis, ``concurrency`` at a
@@ -158,6 +159,8 @@ def run_backfill(
         progress: show a progress bar (tqdm, from the ``cli`` extra) when
             tqdm is installed.
         progress_file: where the bar goes; stderr by default.
+        report: the report to add the counts to, a new one by default;
+            pass one to read what was done before an interrupt.
 
     Returns:
         The counts; a session that fails is reported and the others go on.
@@ -170,7 +173,7 @@ def run_backfill(
             so far stay, and a new run skips them.
     """
     check_concurrency(concurrency)
-    report = BackfillReport()
+    report = BackfillReport() if report is None else report
     with connect() as listing:
         check_sees_every_session(listing)
         todo = list(find_pending(listing, analyzer.analysis_version, report))

@@ -107,6 +107,7 @@ def run_backfill_supabase(
     page_size: int = DEFAULT_PAGE_SIZE,
     progress: bool = True,
     progress_file: TextIO | None = None,
+    report: BackfillReport | None = None,
 ) -> BackfillReport:
     """
     Analyse every session without a current analysis through Supabase's REST
@@ -121,6 +122,8 @@ def run_backfill_supabase(
         page_size: sessions per listing request, 1 to 1000.
         progress: show a progress bar when tqdm is installed.
         progress_file: where the bar goes; stderr by default.
+        report: the report to add the counts to, a new one by default;
+            pass one to read what was done before an interrupt.
 
     Returns:
         The counts; a session that fails is reported and the others go on.
@@ -135,7 +138,7 @@ def run_backfill_supabase(
     """
     check_concurrency(concurrency)
     _check_page_size(page_size)
-    report = BackfillReport()
+    report = BackfillReport() if report is None else report
     listing = connect()
     try:
         _check_service_key(listing)

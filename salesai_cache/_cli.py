@@ -13,9 +13,11 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+from urllib.parse import unquote
 
 from ._sql import list_sql_files, read_sql
 
@@ -29,6 +31,13 @@ _ERROR = 2
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)[^@/\s]*@")
 _PASSWORD_PARAM = re.compile(r"(?P<head>password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+# A conninfo value: quoted with backslash escapes, or up to the next space.
+_CONNINFO_PASSWORD = re.compile(
+    r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE
+)
+# Read from the environment whatever the command, so that an error of any
+# command masks them.
+_KEY_VARIABLES = ("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_SECRET_KEY", "OPENAI_API_KEY")
 
 
 def mask_url(url: str) -> str:
@@ -39,10 +48,88 @@ def mask_url(url: str) -> str:
     return _PASSWORD_PARAM.sub(r"\g<head>***", masked)
 
 
+def url_secrets(url: str) -> set[str]:
+    """
+    Return the passwords that a database URL or conninfo string contains, each
+    as written and percent-decoded, so that a message quoting either form
+    can be masked.
+
+    The URL is taken apart by hand rather than by a parser, since the URLs
+    to mask are also the ones a parser refuses (an invalid ``%`` escape).
+    """
+    raw: set[str] = set()
+    scheme, sep, rest = url.partition("://")
+    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        # The host follows the last "@", so a password may contain an "@".
+        userinfo, at, _ = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            raw.add(userinfo.partition(":")[2])
+        query = rest.partition("?")[2].partition("#")[0]
+        for pair in query.split("&"):
+            name, equals, value = pair.partition("=")
+            if equals and unquote(name).strip().lower() == "password":
+                raw.add(value)
+    else:
+        for match in _CONNINFO_PASSWORD.finditer(url):
+            value = match.group(1)
+            raw.add(value)
+            if value.startswith("'"):
+                inner = value[1:-1] if value.endswith("'") else value[1:]
+                raw.add(inner)
+                raw.add(re.sub(r"\\(.)", r"\1", inner))
+    found = set()
+    for value in raw:
+        found.add(value)
+        found.add(unquote(value))
+        found.add(value.replace("+", " "))
+    found.discard("")
+    return found
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """
+    Return ``text`` with each secret replaced by ``***`` and the passwords
+    of the URLs and conninfo strings in it masked.
+    """
+    # The longest first, so that a secret containing another is masked whole.
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return mask_url(text)
+
+
+def _non_empty_url(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "empty value: pass a PostgreSQL URL, or leave the option out to "
+            "use DATABASE_URL"
+        )
+    return text
+
+
+def positive_int(text: str) -> int:
+    """
+    Return ``text`` as an int of 1 or more; an argparse ``type``.
+
+    Raises:
+        argparse.ArgumentTypeError: it is not, naming the value.
+    """
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 1 or more")
+    return number
+
+
 def _db_url_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db-url",
         default=None,
+        # An error of a type function that is not an ArgumentTypeError would
+        # print the value, password included.
+        type=_non_empty_url,
         metavar="URL",
         help="PostgreSQL URL of the database, as its owner (default: the "
         "DATABASE_URL environment variable; prefer it, so that the password "
@@ -122,7 +209,7 @@ def add_operator_commands(
     )
     backfill.add_argument(
         "--concurrency",
-        type=int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="analyses in flight, each with its own connection or Supabase "
@@ -181,13 +268,20 @@ def add_operator_commands(
 def run_operator_command(args: argparse.Namespace) -> int:
     """
     Run the command chosen in ``args`` and return its exit code.
+
+    Every message of a failure goes through ``scrub``: no password of the
+    database URL and no key read from the environment reaches the output.
     """
     handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
     try:
         return handler(args, sys.stdout)
-    except KeyboardInterrupt:
-        print("interrupted: run the command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        done = f" {interrupt.args[0]};" if isinstance(interrupt, Interrupted) else ""
+        print(f"interrupted:{done} run the command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The entry point handles a closed stdout for every command.
+        raise
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {_scrub(str(error), args)}", file=sys.stderr)
         return _ERROR
@@ -198,17 +292,42 @@ def run_operator_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return _ERROR
-        raise
+        # An unexpected failure keeps its traceback, for a bug report, but
+        # its messages may quote a secret too.
+        lines = traceback.format_exception(error)
+        print(_scrub("".join(lines), args), end="", file=sys.stderr)
+        return _ERROR
+
+
+class Interrupted(KeyboardInterrupt):
+    """
+    A ``KeyboardInterrupt`` whose first argument describes what was done before it.
+    """
+
+
+def _secrets(args: argparse.Namespace) -> set[str]:
+    found: set[str] = set()
+    urls = [getattr(args, "db_url", None), getattr(args, "resolved_url", None)]
+    urls.append(os.environ.get("DATABASE_URL"))
+    for url in urls:
+        if url:
+            found |= url_secrets(url)
+    for name in _KEY_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            found.add(value)
+    key = getattr(args, "resolved_key", None)
+    if key:
+        found.add(key)
+    return found
 
 
 def _scrub(text: str, args: argparse.Namespace) -> str:
-    url = getattr(args, "resolved_url", None)
-    if url:
-        text = text.replace(url, mask_url(url))
-    key = getattr(args, "resolved_key", None)
-    if key:
-        text = text.replace(key, "***")
-    return mask_url(text)
+    return scrub(text, _secrets(args))
+
+
+def _shown(url: str, args: argparse.Namespace) -> str:
+    return scrub(url, _secrets(args))
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -223,7 +342,7 @@ def _connect(args: argparse.Namespace, out: TextIO) -> Any:
     import psycopg
 
     url = _url(args)
-    print(f"Database: {mask_url(url)}", file=out)
+    print(f"Database: {_shown(url, args)}", file=out)
     return psycopg.connect(url, autocommit=True)
 
 
@@ -245,7 +364,8 @@ def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
         baseline, applied = apply_migrations(conn, dry_run=args.dry_run)
     verb = "would" if args.dry_run else "did"
     for name in baseline:
-        print(f"baseline  {name} (found in the database; {verb} record)", file=out)
+        note = f"(found in the database; {verb} record)"
+        print(f"{'baseline':<11} {name} {note}", file=out)
     for name in applied:
         action = "would apply" if args.dry_run else "applied"
         print(f"{action:<11} {name}", file=out)
@@ -255,19 +375,24 @@ def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    from ._migrate import migration_states
+    from ._migrate import migration_states, missing_tables, setup_advice
 
     with _connect(args, out) as conn:
         states = migration_states(conn)
+        missing = missing_tables(conn)
+    width = max((len(state.name) for state in states), default=0)
     for state in states:
         when = f"  {state.applied_at} ({state.applied_by})" if state.applied_at else ""
-        print(f"{state.status:<8} {state.name}{when}", file=out)
+        name = state.name.ljust(width) if when else state.name
+        print(f"{state.status:<8} {name}{when}", file=out)
         if state.status == "changed":
             print(
                 f"         recorded checksum {state.recorded_checksum}, shipped "
                 f"file {state.checksum}",
                 file=out,
             )
+    if missing and states and states[0].status == "pending":
+        print(f"Note: {setup_advice(missing)}.", file=out)
     found = sum(state.status == "found" for state in states)
     if found:
         print(
@@ -299,39 +424,53 @@ def _cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace, out: TextIO) -> int:
-    from ._demo import _make_analyzer
+    from ._backfill import BackfillReport
+    from ._demo import _make_analyzer, check_analyzer_key
 
+    check_analyzer_key(args)
     supabase = _supabase_target(args)
     if supabase is None:
         url = _url(args)
-        print(f"Database: {mask_url(url)}", file=out)
+        print(f"Database: {_shown(url, args)}", file=out)
     else:
         print(
-            f"Supabase: {mask_url(supabase.url)} (key from {supabase.key_variable})",
+            f"Supabase: {_shown(supabase.url, args)} (key from "
+            f"{supabase.key_variable})",
             file=out,
         )
     analyzer = _make_analyzer(args)
     print(f"Analyzer: {args.analyzer_name} ({args.analyzer_detail})", file=out)
-    if supabase is None:
-        import psycopg
+    report = BackfillReport()
+    try:
+        if supabase is None:
+            import psycopg
 
-        from ._backfill import run_backfill
+            from ._backfill import run_backfill
 
-        report = run_backfill(
-            lambda: psycopg.connect(url, autocommit=True),
-            analyzer,
-            concurrency=args.concurrency,
-            progress=not args.no_progress,
-        )
-    else:
-        from ._backfill_supabase import run_backfill_supabase
+            run_backfill(
+                lambda: psycopg.connect(url, autocommit=True),
+                analyzer,
+                concurrency=args.concurrency,
+                progress=not args.no_progress,
+                report=report,
+            )
+        else:
+            from ._backfill_supabase import run_backfill_supabase
 
-        report = run_backfill_supabase(
-            supabase.connect,
-            analyzer,
-            concurrency=args.concurrency,
-            progress=not args.no_progress,
-        )
+            run_backfill_supabase(
+                supabase.connect,
+                analyzer,
+                concurrency=args.concurrency,
+                progress=not args.no_progress,
+                report=report,
+            )
+    except KeyboardInterrupt:
+        stats = report.stats
+        raise Interrupted(
+            f"analysed and stored {stats.misses} of {report.pending} sessions "
+            f"to analyse, found {stats.hits + stats.waits} analysed by another "
+            f"worker, {len(report.failed)} failed"
+        ) from None
     stats = report.stats
     print(
         f"Sessions: {report.sessions}, already current: {report.current}, "
@@ -416,11 +555,12 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     )
 
     prices = merged_prices(args.price)
-    since = parse_since(args.since) if args.since else None
+    # An empty --since is refused by parse_since, not taken for no --since.
+    since = parse_since(args.since) if args.since is not None else None
     target = _supabase_target(args)
     if target is not None:
         print(
-            f"Supabase API: {mask_url(target.url)} (key from {target.key_variable})",
+            f"Supabase: {_shown(target.url, args)} (key from {target.key_variable})",
             file=out,
         )
         report = read_over_supabase(target.connect(), since)

@@ -31,7 +31,7 @@ from ._models import AnalysisResult
 from ._protocols import Analyzer
 from ._transcripts import transcript_to_json
 
-__all__ = ["add_demo_arguments", "run_demo"]
+__all__ = ["add_demo_arguments", "check_analyzer_key", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ def run_demo(args: argparse.Namespace, out: TextIO) -> int:
         prepare_supabase_database,
     )
 
+    check_analyzer_key(args)
+    _check_data_dir(args.data_dir)
     conversations = _load_conversations(args)
     analyzer = _make_analyzer(args)
     limit = args.limit
@@ -141,6 +143,32 @@ def _load_conversations(args: argparse.Namespace) -> list[Conversation]:
     if args.transcripts is not None:
         return load_transcript_folder(args.transcripts)
     return load_bundled_conversations()
+
+
+def check_analyzer_key(args: argparse.Namespace) -> None:
+    """
+    Fail when ``--analyzer openai`` is chosen without ``OPENAI_API_KEY``.
+
+    Raises:
+        ValueError: the key is missing or empty; the message says so.
+    """
+    if args.analyzer == "openai" and not os.environ.get("OPENAI_API_KEY", "").strip():
+        raise ValueError("--analyzer openai needs OPENAI_API_KEY in the environment")
+
+
+def _check_data_dir(data_dir: Path | None) -> None:
+    # The embedded server creates the folder but not its parents, and its
+    # own message does not name the option.
+    if data_dir is None:
+        return
+    parent = data_dir.absolute().parent
+    if not parent.is_dir():
+        raise ValueError(
+            f"--data-dir {str(data_dir)!r}: its parent folder {str(parent)!r} "
+            "does not exist"
+        )
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"--data-dir {str(data_dir)!r} is a file, not a folder")
 
 
 def _make_analyzer(args: argparse.Namespace) -> Analyzer[Any]:

@@ -24,14 +24,18 @@ from typing import Any
 import psycopg
 
 from ._sql import migration_names, read_sql
+from .exceptions import SalesAICacheError
 
 __all__ = [
     "MIGRATIONS_TABLE",
+    "MigrationFailedError",
     "MigrationState",
     "apply_migrations",
     "checksum",
     "describe_changed",
     "migration_states",
+    "missing_tables",
+    "setup_advice",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,7 +81,17 @@ _MARKERS = {
     """,
 }
 
+# Migration 001 alters these tables, which only setup.sql creates.
+_BASE_TABLES = ("public.salesai_sessions", "public.salesai_analysis_results")
+
 _FINAL_COMMIT = re.compile(r"\bcommit\s*;\s*\Z", re.IGNORECASE)
+
+
+class MigrationFailedError(SalesAICacheError):
+    """
+    A migration failed; its transaction was rolled back. The message names
+    the migration's file and the database's error, which is the cause.
+    """
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,34 @@ def migration_states(conn: psycopg.Connection[Any]) -> list[MigrationState]:
     return states
 
 
+def missing_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    """
+    Return the tables of salesai-cache that migration 001 needs and the
+    database lacks, such as all of them in a new database.
+    """
+    missing = []
+    for table in _BASE_TABLES:
+        row = conn.execute("select to_regclass(%s) is null", (table,)).fetchone()
+        if row and row[0]:
+            missing.append(table)
+    return missing
+
+
+def setup_advice(missing: list[str]) -> str:
+    """
+    Return a sentence saying that the ``missing`` tables keep the migrations
+    from applying and that the database needs setup.sql instead.
+    """
+    tables = " and ".join(missing)
+    verb = "does" if len(missing) == 1 else "do"
+    return (
+        f"{tables} {verb} not exist, so the migrations, which change those "
+        "tables, cannot apply: set the database up with the SQL that "
+        "'salesai-cache sql setup' prints (it includes every migration), "
+        "then 'salesai-cache sql policies'"
+    )
+
+
 def describe_changed(names: list[str]) -> str:
     """
     Return a sentence naming the applied migrations whose files changed.
@@ -194,10 +236,11 @@ def apply_migrations(
         applied now (or that would be, with ``dry_run``).
 
     Raises:
-        ValueError: the connection is not in autocommit mode, or an applied
-            migration's file has changed since (nothing is applied then).
-        psycopg.Error: a migration failed; its transaction was rolled back
-            and the earlier ones stay applied and recorded.
+        ValueError: the connection is not in autocommit mode, an applied
+            migration's file has changed since, or the tables that the first
+            migration changes do not exist (nothing is applied then).
+        MigrationFailedError: a migration failed; its transaction was rolled
+            back and the earlier ones stay applied and recorded.
     """
     if not conn.autocommit:
         raise ValueError("migrate needs a connection in autocommit mode")
@@ -211,6 +254,10 @@ def apply_migrations(
         for name in migration_names()
         if name not in recorded and name not in baseline
     ]
+    if pending and pending[0] == migration_names()[0]:
+        missing = missing_tables(conn)
+        if missing:
+            raise ValueError(setup_advice(missing))
     if dry_run:
         return baseline, pending
     conn.execute(_CREATE_TABLE.encode("utf-8"))
@@ -239,7 +286,13 @@ def _apply_one(conn: psycopg.Connection[Any], name: str) -> None:
     )
     script = _FINAL_COMMIT.sub(lambda _: record, text)
     started = conn.execute("select clock_timestamp()").fetchone()
-    _execute(conn, script)
+    try:
+        _execute(conn, script)
+    except psycopg.Error as error:
+        raise MigrationFailedError(
+            f"migration {name} (sql/{name}.sql) failed and was rolled back, "
+            f"the earlier ones stay applied: {type(error).__name__}: {error}"
+        ) from error
     logger.info("Applied migration %s (started %s)", name, started and started[0])
 
 

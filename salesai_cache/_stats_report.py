@@ -304,8 +304,8 @@ def _print_counters(
     print(
         f"Tokens saved: {totals.prompt_tokens_saved} prompt, "
         f"{totals.completion_tokens_saved} completion; estimated cost saved: "
-        f"${saved_cost:.4f} ({unpriced} served calls of models without a price "
-        "left out)",
+        f"${saved_cost:.4f} ({_count(unpriced, 'served call', 'served calls')} "
+        "of models without a price left out)",
         file=out,
     )
 
@@ -360,8 +360,9 @@ def _print_analyses(
         print(f"{figures}  {group.model} / {version}", file=out)
     print(
         f"Each view of every stored analysis served from the cache saves about "
-        f"${total_cost:.4f} in model calls ({unpriced} analyses of models "
-        "without a price left out)",
+        f"${total_cost:.4f} in model calls "
+        f"({_count(unpriced, 'analysis', 'analyses')} of models without a price "
+        "left out)",
         file=out,
     )
 
@@ -371,10 +372,22 @@ def merged_prices(overrides: Sequence[str] | None) -> dict[str, ModelPrice]:
     Return ``DEFAULT_PRICES`` with the ``--price`` options applied.
 
     Raises:
-        ValueError: an option is invalid; the message names it.
+        ValueError: an option is invalid, or two give the same model (the
+            one that should count is not clear); the message names it.
     """
     prices = dict(DEFAULT_PRICES)
+    given: set[str] = set()
     for text in overrides or ():
         model, price = parse_price(text)
+        if model in given:
+            raise ValueError(
+                f"--price gives model {model!r} more than once: pass one price "
+                "per model"
+            )
+        given.add(model)
         prices[model] = price
     return prices
+
+
+def _count(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number == 1 else plural}"

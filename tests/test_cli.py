@@ -198,9 +198,9 @@ def test_cli_migrate_after_002_applies_003_only(
         apply_sql(legacy_db, name)
     _, out, _ = run(capsys, "migrate", "--db-url", bare_database_url)
     assert out.splitlines()[1:] == [
-        "baseline  migrations/001_add_conversation_id_and_caching (found in the "
+        "baseline    migrations/001_add_conversation_id_and_caching (found in the "
         "database; did record)",
-        "baseline  migrations/002_add_freshness_and_claims (found in the "
+        "baseline    migrations/002_add_freshness_and_claims (found in the "
         "database; did record)",
         "applied     migrations/003_add_cache_stats",
     ]

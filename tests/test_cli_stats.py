@@ -177,7 +177,7 @@ def test_stats_api_matches_postgres(
     code, over_api, _ = run(capsys, "stats")
 
     assert code == 0
-    first = f"Supabase API: {URL} (key from SUPABASE_SERVICE_ROLE_KEY)"
+    first = f"Supabase: {URL} (key from SUPABASE_SERVICE_ROLE_KEY)"
     assert over_api.splitlines()[0] == first
     assert over_api.splitlines()[1:] == over_postgres.splitlines()[1:]
     assert {request.url.path for request in api.requests} == {
@@ -211,7 +211,7 @@ def test_stats_supabase_flag_over_url(
 ) -> None:
     environment.setenv("DATABASE_URL", database_url)
     _, out, _ = run(capsys, "stats", "--supabase")
-    assert out.startswith("Supabase API: ")
+    assert out.startswith("Supabase: ")
     assert "Hits: 6" in out
 
 
