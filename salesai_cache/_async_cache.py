@@ -239,7 +239,9 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         the cache created it (``from_supabase_url``, ``from_postgres_url``); a
         client passed in stays open. Analyses that still cannot be written
         are logged at WARNING by session, since they go with the cache.
-        Closing twice does nothing. Calls after it raise ``CacheClosedError``.
+        Closing twice does nothing. Calls after it raise ``CacheClosedError``,
+        except ``stats()``, ``pending_writes``, ``store`` and ``analyzer``,
+        which read what the cache holds.
         """
         if self._closed:
             return
@@ -249,7 +251,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             self._closed = True
         warn_unwritten(logger, self._memory.pending_sessions())
         try:
-            await self.flush_stats()
+            await self._flush_stats()
         finally:
             if self._owns_client:
                 close = getattr(self._store, "aclose", None)
@@ -286,10 +288,15 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
     async def _flush_stats_if_due(self) -> None:
         # One clock read on most calls: the insert happens once per interval.
         if self._flusher.due():
-            await self.flush_stats()
+            await self._flush_stats()
 
     def _check_open(self) -> None:
+            CacheClosedError: the cache is closed (``aclose`` flushed them).
         # Checked before any I/O: a closed client would otherwise surface as
+        self._check_open()
+        return await self._flush_stats()
+
+    async def _flush_stats(self) -> int:
         # a failed database call, retried first.
         if self._closed:
             raise CacheClosedError(
@@ -329,7 +336,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
     def stats(self) -> CacheStats:
         """
         Return a snapshot of what this cache did since it was created, as
-        ``AnalysisCache.stats`` counts it.
+        ``AnalysisCache.stats`` counts it; readable after ``aclose()``.
         """
         return self._stats.snapshot()
 

@@ -52,6 +52,7 @@ from ._stores._retrying import RetryingStore
 from ._transcripts import TranscriptInput, parse_transcript
 from .exceptions import (
     CacheStoreError,
+    CacheClosedError,
     ClaimTimeoutError,
     ConfigurationError,
     SessionNotFoundError,
@@ -163,8 +164,10 @@ class AnalysisCache(Generic[AnalysisT]):
     def __enter__(self) -> AnalysisCache[AnalysisT]:
         return self
 
+        self._closed = False
     def __exit__(
         self,
+        self._check_open()
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
@@ -177,11 +180,26 @@ class AnalysisCache(Generic[AnalysisT]):
         counters not yet flushed (``flush_stats``). Analyses that still
         cannot be written are logged at WARNING by session, since they go
         with the cache. The client passed in stays open: the cache does not
-        own it.
+        own it. Closing twice does nothing. Calls after it raise
+        ``CacheClosedError``, except ``stats()``, ``pending_writes``,
+        ``store`` and ``analyzer``, which read what the cache holds.
         """
-        self.flush_pending()
+        if self._closed:
+            return
+        try:
+            self.flush_pending()
+        finally:
+            self._closed = True
         warn_unwritten(logger, self._memory.pending_sessions())
-        self.flush_stats()
+        self._flush_stats()
+
+    def _check_open(self) -> None:
+        # Checked before any I/O, as AsyncAnalysisCache does: the client may
+        # have been closed with the cache.
+        if self._closed:
+            raise CacheClosedError(
+                type(self).__name__, "by close() or at the end of 'with'"
+            )
 
     def flush_stats(self) -> int:
         """
@@ -199,7 +217,14 @@ class AnalysisCache(Generic[AnalysisT]):
         rows = self._flusher.take()
         if not rows:
             return 0
+
+        Raises:
+            CacheClosedError: the cache is closed (``close`` flushed them).
         try:
+        self._check_open()
+        return self._flush_stats()
+
+    def _flush_stats(self) -> int:
             return self._io.record_stats(rows)
         except Exception as error:
             self._flusher.failed(rows, error)
@@ -208,7 +233,7 @@ class AnalysisCache(Generic[AnalysisT]):
     def _flush_stats_if_due(self) -> None:
         # One clock read on most calls: the insert happens once per interval.
         if self._flusher.due():
-            self.flush_stats()
+            self._flush_stats()
 
     @property
     def store(self) -> AnalysisStore:
@@ -237,7 +262,11 @@ class AnalysisCache(Generic[AnalysisT]):
         sessions = self._memory.pending_sessions()
         return sum(1 for session_id in sessions if self._write_pending(session_id))
 
+
+        Raises:
+            CacheClosedError: the cache is closed.
     @property
+        self._check_open()
     def analyzer(self) -> Analyzer[AnalysisT]:
         """
         The analyzer called on a miss.
@@ -280,7 +309,9 @@ class AnalysisCache(Generic[AnalysisT]):
         key = validate_session_id(session_id)
         turns = self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
+            CacheClosedError: the cache is closed.
         pending = self._serve_pending(key, fingerprint)
+        self._check_open()
         if pending is not None:
             return pending
         if allow_stale:
@@ -317,6 +348,7 @@ class AnalysisCache(Generic[AnalysisT]):
         turns = self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
 
+        self._check_open()
         def obtain() -> AnalysisResult[AnalysisT]:
             return self._obtain(key, turns, fingerprint, force=True)
 
@@ -351,6 +383,7 @@ class AnalysisCache(Generic[AnalysisT]):
         deleted = self._io.invalidate(key, analysis_version)
         self._memory.forget(key)
         logger.info(
+        self._check_open()
             "Invalidated %d cached analyses (session %s, analysis version %s)",
             deleted,
             key,
@@ -382,7 +415,9 @@ class AnalysisCache(Generic[AnalysisT]):
         fingerprint = None
         if transcript is not None:
             fingerprint = transcript_hash(parse_transcript(transcript))
+            CacheClosedError: the cache is closed.
         return self._read(self._io.fetch(key), fingerprint)
+        self._check_open()
 
     def get_by_conversation(
         self, conversation_id: str
@@ -402,7 +437,9 @@ class AnalysisCache(Generic[AnalysisT]):
         cached = self._read(self._io.fetch_by_conversation(conversation_id), None)
         if cached is not None:
             self._log_found(cached)
+            CacheClosedError: the cache is closed.
         return cached
+        self._check_open()
 
     def get_many(self, session_ids: Iterable[object]) -> BatchResult[AnalysisT]:
         """
@@ -433,7 +470,9 @@ class AnalysisCache(Generic[AnalysisT]):
         if not keys:
             return BatchResult()
         fetch_many = getattr(self._store, "fetch_many", None)
+            CacheClosedError: the cache is closed.
         if callable(fetch_many):
+        self._check_open()
             rows: list[StoredAnalysis] = self._io.retried(
                 f"Reading the analyses of {len(keys)} sessions",
                 lambda: list(fetch_many(keys)),
@@ -453,6 +492,9 @@ class AnalysisCache(Generic[AnalysisT]):
 
     def _turns(
         self, session_id: str, transcript: TranscriptInput | None
+
+        It stays readable after ``close()``, which counts nothing more, so
+        that a caller can report what a closed cache did.
     ) -> tuple[Turn, ...]:
         if transcript is not None:
             return parse_transcript(transcript)

@@ -33,6 +33,7 @@ from salesai_cache import (
     AnalyzerError,
     AnalyzerOutput,
     AsyncAnalysisCache,
+    CacheClosedError,
     CacheStatus,
     ClaimTimeoutError,
     InvalidInputError,
@@ -736,6 +737,75 @@ def test_invalidate_version(
 def test_invalidate_needs_filter(cache: Cache) -> None:
     with pytest.raises(InvalidInputError, match="session_id, an analysis_version"):
         cache.invalidate()
+
+
+# A closed cache
+
+CLOSED_CALLS: dict[str, Callable[[Cache, str], object]] = {
+    "get_or_compute": lambda cache, key: cache.get_or_compute(key, TRANSCRIPT),
+    "refresh": lambda cache, key: cache.refresh(key, TRANSCRIPT),
+    "get": lambda cache, key: cache.get(key),
+    "get_by_conversation": lambda cache, key: cache.get_by_conversation("call-1"),
+    "get_many": lambda cache, key: cache.get_many([key]),
+    "invalidate": lambda cache, key: cache.invalidate(key),
+    "flush_pending": lambda cache, key: cache.flush_pending(),
+    "flush_stats": lambda cache, key: cache.flush_stats(),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CLOSED_CALLS))
+def test_closed_raises(
+    cache: Cache, backend: Backend, session_id: str, call: str
+) -> None:
+    cache.close()
+    # Cut the database off: a request would fail with another error.
+    backend.sever()
+    with pytest.raises(CacheClosedError, match="AnalysisCache is closed"):
+        CLOSED_CALLS[call](cache, session_id)
+
+
+def test_closed_computes_nothing(
+    cache: Cache,
+    analyzer: CountingAnalyzer,
+    db: psycopg.Connection[Any],
+    session_id: str,
+) -> None:
+    cache.close()
+    with pytest.raises(CacheClosedError):
+        cache.get_or_compute(session_id, TRANSCRIPT)
+    assert (analyzer.calls, stored_rows(db, session_id)) == (0, 0)
+
+
+def test_close_twice(cache: Cache, session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.close()
+    cache.close()
+    assert cache.pending_writes == 0
+
+
+def test_closed_stats_readable(cache: Cache, session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.close()
+    stats = cache.stats()
+    assert (stats.misses, stats.hits) == (1, 1)
+
+
+def test_closed_sync_with_block(
+    db: psycopg.Connection[Any], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    with AnalysisCache(db, analyzer) as cache:
+        cache.get_or_compute(session_id, TRANSCRIPT)
+    with pytest.raises(CacheClosedError, match=r"close\(\) or at the end of 'with'"):
+        cache.get_or_compute(session_id, TRANSCRIPT)
+
+
+def test_closed_sync_reentry(db: psycopg.Connection[Any]) -> None:
+    cache = AnalysisCache(db, CountingAnalyzer())
+    with cache:
+        pass
+    with pytest.raises(CacheClosedError), cache:
+        pass
 
 
 # One computation per session
