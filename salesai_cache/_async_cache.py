@@ -28,11 +28,14 @@ from ._core import (
     _stored_within,
     build_batch,
     build_miss,
+    check_analyzer,
+    check_conninfo,
     check_conversation_id,
     check_durations,
     check_invalidate,
     check_max_pending,
     check_session_ids,
+    check_supabase_url,
     client_kind,
     hidden_error,
     log_found,
@@ -108,7 +111,9 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         TypeError: ``client`` is none of the accepted types, such as a sync
             client.
         InvalidInputError: a duration or ``stats_flush_interval`` is not
-            positive, or ``max_pending_writes`` is below 1.
+            positive, ``max_pending_writes`` is below 1, or ``analyzer`` lacks
+            a string ``analysis_version``, a pydantic ``output_model`` or an
+            ``analyze`` method (a coroutine function or a plain one).
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             max_poll_interval=max_poll_interval,
         )
         check_max_pending(max_pending_writes)
+        check_analyzer(analyzer, coroutines=True)
         self._store = _make_async_store(client)
         self._io = AsyncRetryingStore(self._store, store_retry)
         self._memory: WriteMemory[AnalysisT] = WriteMemory(max_pending_writes, logger)
@@ -173,11 +179,22 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             key: the service-role (secret) key; it is never logged.
             analyzer: as for the constructor.
             options: the constructor's keyword arguments.
+
+        Raises:
+            InvalidInputError: ``url`` is not an http(s) URL, ``key`` is
+                empty, or an argument of the constructor is invalid.
         """
         from supabase import acreate_client
 
+        from ._stores.async_supabase import close_async_client
+
+        check_supabase_url(url, key)
         client = await acreate_client(url, key)
-        cache = cls(client, analyzer, **options)
+        try:
+            cache = cls(client, analyzer, **options)
+        except BaseException:
+            await close_async_client(client)
+            raise
         cache._owns_client = True
         return cache
 
@@ -198,12 +215,14 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             options: the constructor's keyword arguments.
 
         Raises:
+            InvalidInputError: ``conninfo`` is not a connection string.
             CacheStoreError: the connection failed.
         """
         import psycopg
 
         from .exceptions import CacheStoreError
 
+        check_conninfo(conninfo)
         try:
             conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         except psycopg.Error as error:
@@ -272,7 +291,12 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             asyncio.CancelledError: the flush was cancelled; its rows are
                 sent again with the next flush, and the database ignores
                 any it already has.
+            CacheClosedError: the cache is closed (``aclose`` flushed them).
         """
+        self._check_open()
+        return await self._flush_stats()
+
+    async def _flush_stats(self) -> int:
         rows = self._flusher.take()
         if not rows:
             return 0
@@ -291,12 +315,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             await self._flush_stats()
 
     def _check_open(self) -> None:
-            CacheClosedError: the cache is closed (``aclose`` flushed them).
         # Checked before any I/O: a closed client would otherwise surface as
-        self._check_open()
-        return await self._flush_stats()
-
-    async def _flush_stats(self) -> int:
         # a failed database call, retried first.
         if self._closed:
             raise CacheClosedError(
@@ -435,8 +454,8 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             The number of analyses deleted.
 
         Raises:
-            InvalidInputError: neither filter is given, or the session id is
-                invalid.
+            InvalidInputError: neither filter is given, the session id is
+                invalid, or ``analysis_version`` is not a non-empty string.
         """
         self._check_open()
         check_invalidate(session_id, analysis_version)
@@ -492,8 +511,8 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         (see ``AnalysisCache.get_many``).
 
         Raises:
-            InvalidInputError: ``session_ids`` is a string, or an id is not a
-                UUID; raised before any request.
+            InvalidInputError: ``session_ids`` is a string or not iterable,
+                or an id is not a UUID; raised before any request.
             CacheStoreError: the database call failed.
         """
         self._check_open()

@@ -21,6 +21,7 @@ from ._core import (
     _stored_within,
     build_batch,
     build_miss,
+    check_analyzer,
     check_conversation_id,
     check_durations,
     check_invalidate,
@@ -51,8 +52,8 @@ from ._stats_flush import DEFAULT_FLUSH_INTERVAL, StatsFlusher, check_flush_inte
 from ._stores._retrying import RetryingStore
 from ._transcripts import TranscriptInput, parse_transcript
 from .exceptions import (
-    CacheStoreError,
     CacheClosedError,
+    CacheStoreError,
     ClaimTimeoutError,
     ConfigurationError,
     SessionNotFoundError,
@@ -118,7 +119,9 @@ class AnalysisCache(Generic[AnalysisT]):
     Raises:
         TypeError: ``client`` is none of the accepted types.
         InvalidInputError: a duration or ``stats_flush_interval`` is not
-            positive, or ``max_pending_writes`` is below 1.
+            positive, ``max_pending_writes`` is below 1, or ``analyzer`` lacks
+            a string ``analysis_version``, a pydantic ``output_model`` or a
+            sync ``analyze``.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class AnalysisCache(Generic[AnalysisT]):
             max_poll_interval=max_poll_interval,
         )
         check_max_pending(max_pending_writes)
+        check_analyzer(analyzer, coroutines=False)
         self._store = _make_store(client)
         self._io = RetryingStore(self._store, store_retry)
         self._analyzer = analyzer
@@ -160,14 +164,14 @@ class AnalysisCache(Generic[AnalysisT]):
             enabled=callable(getattr(self._store, "record_stats", None)),
             logger=logger,
         )
+        self._closed = False
 
     def __enter__(self) -> AnalysisCache[AnalysisT]:
+        self._check_open()
         return self
 
-        self._closed = False
     def __exit__(
         self,
-        self._check_open()
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
@@ -213,18 +217,18 @@ class AnalysisCache(Generic[AnalysisT]):
             failed. A failure is logged at WARNING and the rows are sent
             again with the next flush; a missing table (migration 003 not
             applied) stops flushing for this cache.
-        """
-        rows = self._flusher.take()
-        if not rows:
-            return 0
 
         Raises:
             CacheClosedError: the cache is closed (``close`` flushed them).
-        try:
+        """
         self._check_open()
         return self._flush_stats()
 
     def _flush_stats(self) -> int:
+        rows = self._flusher.take()
+        if not rows:
+            return 0
+        try:
             return self._io.record_stats(rows)
         except Exception as error:
             self._flusher.failed(rows, error)
@@ -258,15 +262,15 @@ class AnalysisCache(Generic[AnalysisT]):
         Returns:
             The number written; those still failing stay pending and are
             logged at WARNING.
-        """
-        sessions = self._memory.pending_sessions()
-        return sum(1 for session_id in sessions if self._write_pending(session_id))
-
 
         Raises:
             CacheClosedError: the cache is closed.
-    @property
+        """
         self._check_open()
+        sessions = self._memory.pending_sessions()
+        return sum(1 for session_id in sessions if self._write_pending(session_id))
+
+    @property
     def analyzer(self) -> Analyzer[AnalysisT]:
         """
         The analyzer called on a miss.
@@ -305,13 +309,13 @@ class AnalysisCache(Generic[AnalysisT]):
                 returned (status ``MISS``) and kept in memory to write later.
             ConfigurationError: the database accepted the write but hides
                 the stored analysis from this role.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         key = validate_session_id(session_id)
         turns = self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
-            CacheClosedError: the cache is closed.
         pending = self._serve_pending(key, fingerprint)
-        self._check_open()
         if pending is not None:
             return pending
         if allow_stale:
@@ -344,11 +348,11 @@ class AnalysisCache(Generic[AnalysisT]):
         Raises:
             The exceptions of ``get_or_compute``.
         """
+        self._check_open()
         key = validate_session_id(session_id)
         turns = self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
 
-        self._check_open()
         def obtain() -> AnalysisResult[AnalysisT]:
             return self._obtain(key, turns, fingerprint, force=True)
 
@@ -375,15 +379,16 @@ class AnalysisCache(Generic[AnalysisT]):
             The number of analyses deleted.
 
         Raises:
-            InvalidInputError: neither filter is given, or the session id is
-                invalid.
+            InvalidInputError: neither filter is given, the session id is
+                invalid, or ``analysis_version`` is not a non-empty string.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         check_invalidate(session_id, analysis_version)
         key = None if session_id is None else validate_session_id(session_id)
         deleted = self._io.invalidate(key, analysis_version)
         self._memory.forget(key)
         logger.info(
-        self._check_open()
             "Invalidated %d cached analyses (session %s, analysis version %s)",
             deleted,
             key,
@@ -410,14 +415,14 @@ class AnalysisCache(Generic[AnalysisT]):
         Raises:
             InvalidInputError: the session id or the transcript is invalid.
             CacheStoreError: the database call failed.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         key = validate_session_id(session_id)
         fingerprint = None
         if transcript is not None:
             fingerprint = transcript_hash(parse_transcript(transcript))
-            CacheClosedError: the cache is closed.
         return self._read(self._io.fetch(key), fingerprint)
-        self._check_open()
 
     def get_by_conversation(
         self, conversation_id: str
@@ -432,14 +437,14 @@ class AnalysisCache(Generic[AnalysisT]):
 
         Raises:
             InvalidInputError: ``conversation_id`` is not a non-empty string.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         check_conversation_id(conversation_id)
         cached = self._read(self._io.fetch_by_conversation(conversation_id), None)
         if cached is not None:
             self._log_found(cached)
-            CacheClosedError: the cache is closed.
         return cached
-        self._check_open()
 
     def get_many(self, session_ids: Iterable[object]) -> BatchResult[AnalysisT]:
         """
@@ -462,17 +467,17 @@ class AnalysisCache(Generic[AnalysisT]):
             analyzer's output model).
 
         Raises:
-            InvalidInputError: ``session_ids`` is a string, or an id is not a
-                UUID; raised before any request.
+            InvalidInputError: ``session_ids`` is a string or not iterable,
+                or an id is not a UUID; raised before any request.
             CacheStoreError: the database call failed.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         keys = check_session_ids(session_ids)
         if not keys:
             return BatchResult()
         fetch_many = getattr(self._store, "fetch_many", None)
-            CacheClosedError: the cache is closed.
         if callable(fetch_many):
-        self._check_open()
             rows: list[StoredAnalysis] = self._io.retried(
                 f"Reading the analyses of {len(keys)} sessions",
                 lambda: list(fetch_many(keys)),
@@ -487,14 +492,14 @@ class AnalysisCache(Generic[AnalysisT]):
         Return a snapshot of what this cache did since it was created: hits,
         misses, stale recomputes, waits, and the tokens and estimated cost
         saved by calls served without the model (see ``CacheStats``).
+
+        It stays readable after ``close()``, which counts nothing more, so
+        that a caller can report what a closed cache did.
         """
         return self._stats.snapshot()
 
     def _turns(
         self, session_id: str, transcript: TranscriptInput | None
-
-        It stays readable after ``close()``, which counts nothing more, so
-        that a caller can report what a closed cache did.
     ) -> tuple[Turn, ...]:
         if transcript is not None:
             return parse_transcript(transcript)

@@ -739,6 +739,13 @@ def test_invalidate_needs_filter(cache: Cache) -> None:
         cache.invalidate()
 
 
+@pytest.mark.parametrize("version", ["", "  ", 3], ids=["empty", "blank", "int"])
+def test_invalidate_bad_version(cache: Cache, backend: Backend, version: Any) -> None:
+    backend.sever()
+    with pytest.raises(InvalidInputError, match=f"analysis_version {version!r}"):
+        cache.invalidate(analysis_version=version)
+
+
 # A closed cache
 
 CLOSED_CALLS: dict[str, Callable[[Cache, str], object]] = {
@@ -806,6 +813,58 @@ def test_closed_sync_reentry(db: psycopg.Connection[Any]) -> None:
         pass
     with pytest.raises(CacheClosedError), cache:
         pass
+
+
+# Analyzers that are not analyzers
+
+
+class NoVersion:
+    output_model = Verdict
+
+    def analyze(self, transcript: Sequence[Turn]) -> AnalyzerOutput[Verdict]:
+        raise AssertionError("not called")
+
+
+class DictModel(NoVersion):
+    analysis_version = "v1"
+    output_model = dict  # type: ignore[assignment]
+
+
+class IntVersion(NoVersion):
+    analysis_version = 1
+
+
+class NoAnalyze:
+    output_model = Verdict
+    analysis_version = "v1"
+    analyze = None
+
+
+BAD_ANALYZERS: dict[str, tuple[object, str]] = {
+    "none": (None, "NoneType: missing analysis_version, output_model, analyze"),
+    "no-version": (NoVersion(), "NoVersion: missing analysis_version"),
+    "model-not-pydantic": (DictModel(), "output_model is class dict, not a pydantic"),
+    "version-not-string": (IntVersion(), "IntVersion: analysis_version is int"),
+    "analyze-not-callable": (NoAnalyze(), "NoAnalyze: analyze is not callable"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ANALYZERS))
+def test_bad_analyzer_rejected(store_client: Any, backend: Backend, name: str) -> None:
+    bad, message = BAD_ANALYZERS[name]
+    with pytest.raises(InvalidInputError, match=message):
+        backend.cache(store_client, bad)
+
+
+def test_sync_cache_rejects_async_analyzer(db: psycopg.Connection[Any]) -> None:
+    class Coroutines(CountingAnalyzer):
+        async def analyze(  # type: ignore[override]
+            self, transcript: Sequence[Turn]
+        ) -> AnalyzerOutput[Verdict]:
+            raise AssertionError("not called")
+
+    with pytest.raises(InvalidInputError, match="AsyncAnalysisCache"):
+        AnalysisCache(db, Coroutines())
 
 
 # One computation per session
