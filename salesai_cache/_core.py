@@ -92,7 +92,7 @@ def check_durations(**durations: float | None) -> None:
 def check_analyzer(analyzer: object, *, coroutines: bool) -> None:
     """
     Raise ``InvalidInputError`` unless ``analyzer`` has what the
-    ``Analyzer`` protocol asks: a non-empty string ``analysis_version``, a
+    ``Analyzer`` protocol requires: a non-empty string ``analysis_version``, a
     pydantic model class ``output_model`` and a callable ``analyze``, which
     is a coroutine function only when ``coroutines`` is true.
 
@@ -136,8 +136,8 @@ def _type(value: object) -> str:
     return type(value).__name__
 
 
-# How Supabase API keys begin: legacy JWTs, then the newer secret and
-# publishable keys. A URL argument that starts so is a key in the wrong place.
+# Prefixes of Supabase API keys: legacy JWTs, then secret and publishable
+# keys. A URL argument with one of them is a key passed in the wrong place.
 _KEY_PREFIXES = ("eyJ", "sb_secret_", "sb_publishable_")
 
 

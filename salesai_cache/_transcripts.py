@@ -29,7 +29,7 @@ _TIMESTAMP = re.compile(
     r"[\[(]?\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:\s?[AaPp][Mm])?[\])]?\s+"
 )
 
-# The names JSON gives the types json.loads returns besides lists and objects.
+# JSON type names of the values json.loads returns other than lists and objects.
 _JSON_TYPES: dict[type, str] = {
     str: "string",
     int: "number",
