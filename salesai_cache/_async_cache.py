@@ -29,11 +29,14 @@ from ._core import (
     _stored_within,
     build_batch,
     build_miss,
+    check_analyzer,
+    check_conninfo,
     check_conversation_id,
     check_durations,
     check_invalidate,
     check_max_pending,
     check_session_ids,
+    check_supabase_url,
     client_kind,
     hidden_error,
     log_found,
@@ -110,7 +113,9 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         TypeError: ``client`` is none of the accepted types, such as a sync
             client.
         InvalidInputError: a duration or ``stats_flush_interval`` is not
-            positive, or ``max_pending_writes`` is below 1.
+            positive, ``max_pending_writes`` is below 1, or ``analyzer`` lacks
+            a string ``analysis_version``, a pydantic ``output_model`` or an
+            ``analyze`` method (a coroutine function or a plain one).
     """
 
     def __init__(
@@ -134,6 +139,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             max_poll_interval=max_poll_interval,
         )
         check_max_pending(max_pending_writes)
+        check_analyzer(analyzer, coroutines=True)
         self._store = _make_async_store(client)
         self._io = AsyncRetryingStore(self._store, store_retry)
         self._memory: WriteMemory[AnalysisT] = WriteMemory(max_pending_writes, logger)
@@ -175,11 +181,22 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             key: the service-role (secret) key; it is never logged.
             analyzer: as for the constructor.
             options: the constructor's keyword arguments.
+
+        Raises:
+            InvalidInputError: ``url`` is not an http(s) URL, ``key`` is
+                empty, or an argument of the constructor is invalid.
         """
         from supabase import acreate_client
 
+        from ._stores.async_supabase import close_async_client
+
+        check_supabase_url(url, key)
         client = await acreate_client(url, key)
-        cache = cls(client, analyzer, **options)
+        try:
+            cache = cls(client, analyzer, **options)
+        except BaseException:
+            await close_async_client(client)
+            raise
         cache._owns_client = True
         return cache
 
@@ -200,12 +217,14 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             options: the constructor's keyword arguments.
 
         Raises:
+            InvalidInputError: ``conninfo`` is not a connection string.
             CacheStoreError: the connection failed.
         """
         import psycopg
 
         from .exceptions import CacheStoreError
 
+        check_conninfo(conninfo)
         try:
             conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         except psycopg.Error as error:
@@ -242,7 +261,9 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         the cache created it (``from_supabase_url``, ``from_postgres_url``); a
         client passed in stays open. Analyses that still cannot be written
         are logged at WARNING by session, since they go with the cache.
-        Closing twice does nothing. Calls after it raise ``CacheClosedError``.
+        Closing twice does nothing. Calls after it raise ``CacheClosedError``,
+        except ``stats()``, ``pending_writes``, ``store`` and ``analyzer``,
+        which read what the cache holds.
         """
         if self._closed:
             return
@@ -256,7 +277,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             self._closed = True
         warn_unwritten(logger, self._memory.pending_sessions())
         try:
-            await self.flush_stats()
+            await self._flush_stats()
         finally:
             if self._owns_client:
                 close = getattr(self._store, "aclose", None)
@@ -277,7 +298,12 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             asyncio.CancelledError: the flush was cancelled; its rows are
                 sent again with the next flush, and the database ignores
                 any it already has.
+            CacheClosedError: the cache is closed (``aclose`` flushed them).
         """
+        self._check_open()
+        return await self._flush_stats()
+
+    async def _flush_stats(self) -> int:
         rows = self._flusher.take()
         if not rows:
             return 0
@@ -293,7 +319,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
     async def _flush_stats_if_due(self) -> None:
         # One clock read on most calls: the insert happens once per interval.
         if self._flusher.due():
-            await self.flush_stats()
+            await self._flush_stats()
 
     def _check_open(self) -> None:
         # Checked before any I/O: a closed client would otherwise surface as
@@ -336,7 +362,7 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
     def stats(self) -> CacheStats:
         """
         Return a snapshot of what this cache did since it was created, as
-        ``AnalysisCache.stats`` counts it.
+        ``AnalysisCache.stats`` counts it; readable after ``aclose()``.
         """
         return self._stats.snapshot()
 
@@ -435,8 +461,8 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             The number of analyses deleted.
 
         Raises:
-            InvalidInputError: neither filter is given, or the session id is
-                invalid.
+            InvalidInputError: neither filter is given, the session id is
+                invalid, or ``analysis_version`` is not a non-empty string.
         """
         self._check_open()
         check_invalidate(session_id, analysis_version)
@@ -492,8 +518,8 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         (see ``AnalysisCache.get_many``).
 
         Raises:
-            InvalidInputError: ``session_ids`` is a string, or an id is not a
-                UUID; raised before any request.
+            InvalidInputError: ``session_ids`` is a string or not iterable,
+                or an id is not a UUID; raised before any request.
             CacheStoreError: the database call failed.
         """
         self._check_open()

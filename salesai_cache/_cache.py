@@ -21,6 +21,7 @@ from ._core import (
     _stored_within,
     build_batch,
     build_miss,
+    check_analyzer,
     check_conversation_id,
     check_durations,
     check_invalidate,
@@ -51,6 +52,7 @@ from ._stats_flush import DEFAULT_FLUSH_INTERVAL, StatsFlusher, check_flush_inte
 from ._stores._retrying import RetryingStore
 from ._transcripts import TranscriptInput, parse_transcript
 from .exceptions import (
+    CacheClosedError,
     CacheStoreError,
     ClaimTimeoutError,
     ConfigurationError,
@@ -117,7 +119,9 @@ class AnalysisCache(Generic[AnalysisT]):
     Raises:
         TypeError: ``client`` is none of the accepted types.
         InvalidInputError: a duration or ``stats_flush_interval`` is not
-            positive, or ``max_pending_writes`` is below 1.
+            positive, ``max_pending_writes`` is below 1, or ``analyzer`` lacks
+            a string ``analysis_version``, a pydantic ``output_model`` or a
+            sync ``analyze``.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class AnalysisCache(Generic[AnalysisT]):
             max_poll_interval=max_poll_interval,
         )
         check_max_pending(max_pending_writes)
+        check_analyzer(analyzer, coroutines=False)
         self._store = _make_store(client)
         self._io = RetryingStore(self._store, store_retry)
         self._analyzer = analyzer
@@ -159,8 +164,10 @@ class AnalysisCache(Generic[AnalysisT]):
             enabled=callable(getattr(self._store, "record_stats", None)),
             logger=logger,
         )
+        self._closed = False
 
     def __enter__(self) -> AnalysisCache[AnalysisT]:
+        self._check_open()
         return self
 
     def __exit__(
@@ -177,11 +184,26 @@ class AnalysisCache(Generic[AnalysisT]):
         counters not yet flushed (``flush_stats``). Analyses that still
         cannot be written are logged at WARNING by session, since they go
         with the cache. The client passed in stays open: the cache does not
-        own it.
+        own it. Closing twice does nothing. Calls after it raise
+        ``CacheClosedError``, except ``stats()``, ``pending_writes``,
+        ``store`` and ``analyzer``, which read what the cache holds.
         """
-        self.flush_pending()
+        if self._closed:
+            return
+        try:
+            self.flush_pending()
+        finally:
+            self._closed = True
         warn_unwritten(logger, self._memory.pending_sessions())
-        self.flush_stats()
+        self._flush_stats()
+
+    def _check_open(self) -> None:
+        # Checked before any I/O, as AsyncAnalysisCache does: the client may
+        # have been closed with the cache.
+        if self._closed:
+            raise CacheClosedError(
+                type(self).__name__, "by close() or at the end of 'with'"
+            )
 
     def flush_stats(self) -> int:
         """
@@ -195,7 +217,14 @@ class AnalysisCache(Generic[AnalysisT]):
             failed. A failure is logged at WARNING and the rows are sent
             again with the next flush; a missing table (migration 003 not
             applied) stops flushing for this cache.
+
+        Raises:
+            CacheClosedError: the cache is closed (``close`` flushed them).
         """
+        self._check_open()
+        return self._flush_stats()
+
+    def _flush_stats(self) -> int:
         rows = self._flusher.take()
         if not rows:
             return 0
@@ -208,7 +237,7 @@ class AnalysisCache(Generic[AnalysisT]):
     def _flush_stats_if_due(self) -> None:
         # One clock read on most calls: the insert happens once per interval.
         if self._flusher.due():
-            self.flush_stats()
+            self._flush_stats()
 
     @property
     def store(self) -> AnalysisStore:
@@ -233,7 +262,11 @@ class AnalysisCache(Generic[AnalysisT]):
         Returns:
             The number written; those still failing stay pending and are
             logged at WARNING.
+
+        Raises:
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         sessions = self._memory.pending_sessions()
         return sum(1 for session_id in sessions if self._write_pending(session_id))
 
@@ -276,7 +309,9 @@ class AnalysisCache(Generic[AnalysisT]):
                 returned (status ``MISS``) and kept in memory to write later.
             ConfigurationError: the database accepted the write but hides
                 the stored analysis from this role.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         key = validate_session_id(session_id)
         turns = self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
@@ -313,6 +348,7 @@ class AnalysisCache(Generic[AnalysisT]):
         Raises:
             The exceptions of ``get_or_compute``.
         """
+        self._check_open()
         key = validate_session_id(session_id)
         turns = self._turns(key, transcript)
         fingerprint = transcript_hash(turns)
@@ -343,9 +379,11 @@ class AnalysisCache(Generic[AnalysisT]):
             The number of analyses deleted.
 
         Raises:
-            InvalidInputError: neither filter is given, or the session id is
-                invalid.
+            InvalidInputError: neither filter is given, the session id is
+                invalid, or ``analysis_version`` is not a non-empty string.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         check_invalidate(session_id, analysis_version)
         key = None if session_id is None else validate_session_id(session_id)
         deleted = self._io.invalidate(key, analysis_version)
@@ -377,7 +415,9 @@ class AnalysisCache(Generic[AnalysisT]):
         Raises:
             InvalidInputError: the session id or the transcript is invalid.
             CacheStoreError: the database call failed.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         key = validate_session_id(session_id)
         fingerprint = None
         if transcript is not None:
@@ -397,7 +437,9 @@ class AnalysisCache(Generic[AnalysisT]):
 
         Raises:
             InvalidInputError: ``conversation_id`` is not a non-empty string.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         check_conversation_id(conversation_id)
         cached = self._read(self._io.fetch_by_conversation(conversation_id), None)
         if cached is not None:
@@ -425,10 +467,12 @@ class AnalysisCache(Generic[AnalysisT]):
             analyzer's output model).
 
         Raises:
-            InvalidInputError: ``session_ids`` is a string, or an id is not a
-                UUID; raised before any request.
+            InvalidInputError: ``session_ids`` is a string or not iterable,
+                or an id is not a UUID; raised before any request.
             CacheStoreError: the database call failed.
+            CacheClosedError: the cache is closed.
         """
+        self._check_open()
         keys = check_session_ids(session_ids)
         if not keys:
             return BatchResult()
@@ -448,6 +492,9 @@ class AnalysisCache(Generic[AnalysisT]):
         Return a snapshot of what this cache did since it was created: hits,
         misses, stale recomputes, waits, and the tokens and estimated cost
         saved by calls served without the model (see ``CacheStats``).
+
+        It stays readable after ``close()``, which counts nothing more, so
+        that a caller can report what a closed cache did.
         """
         return self._stats.snapshot()
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import inspect
 import logging
 import os
 import socket
 import threading
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,11 +48,14 @@ __all__ = [
     "WriteMemory",
     "build_batch",
     "build_miss",
+    "check_analyzer",
+    "check_conninfo",
     "check_conversation_id",
     "check_durations",
     "check_invalidate",
     "check_max_pending",
     "check_session_ids",
+    "check_supabase_url",
     "client_kind",
     "hidden_error",
     "log_found",
@@ -84,14 +89,131 @@ def check_durations(**durations: float | None) -> None:
             )
 
 
-def check_invalidate(session_id: object | None, analysis_version: str | None) -> None:
+def check_analyzer(analyzer: object, *, coroutines: bool) -> None:
     """
-    Raise ``InvalidInputError`` when invalidate is given no filter.
+    Raise ``InvalidInputError`` unless ``analyzer`` has what the
+    ``Analyzer`` protocol requires: a non-empty string ``analysis_version``, a
+    pydantic model class ``output_model`` and a callable ``analyze``, which
+    is a coroutine function only when ``coroutines`` is true.
+
+    Checked when the cache is made, so that a wrong analyzer fails there
+    instead of on the first miss.
+    """
+    problems = []
+    missing = [
+        name
+        for name in ("analysis_version", "output_model", "analyze")
+        if not hasattr(analyzer, name)
+    ]
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    version = getattr(analyzer, "analysis_version", "")
+    if not isinstance(version, str):
+        problems.append(f"analysis_version is {type(version).__name__}, not a string")
+    elif "analysis_version" not in missing and not version.strip():
+        problems.append("analysis_version is empty")
+    model = getattr(analyzer, "output_model", BaseModel)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        got = f"class {model.__name__}" if isinstance(model, type) else _type(model)
+        problems.append(f"output_model is {got}, not a pydantic model class")
+    analyze = getattr(analyzer, "analyze", print)
+    if not callable(analyze):
+        problems.append("analyze is not callable")
+    elif not coroutines and inspect.iscoroutinefunction(analyze):
+        problems.append(
+            "analyze is a coroutine function: use AsyncAnalysisCache for an "
+            "async analyzer such as AsyncOpenAIAnalyzer"
+        )
+    if problems:
+        raise InvalidInputError(
+            f"invalid analyzer of type {_type(analyzer)}: {'; '.join(problems)}. "
+            "An analyzer, such as OpenAIAnalyzer, has a string analysis_version, "
+            "a pydantic output_model and an analyze method"
+        )
+
+
+def _type(value: object) -> str:
+    return type(value).__name__
+
+
+# Prefixes of Supabase API keys: legacy JWTs, then secret and publishable
+# keys. A URL argument with one of them is a key passed in the wrong place.
+_KEY_PREFIXES = ("eyJ", "sb_secret_", "sb_publishable_")
+
+
+def check_supabase_url(url: object, key: object) -> None:
+    """
+    Raise ``InvalidInputError`` unless ``url`` is an http(s) URL with a host
+    and ``key`` a non-empty string, as supabase-py requires. The message
+    names the URL but never the key, nor a URL that looks like a key.
+    """
+    if not isinstance(url, str):
+        raise InvalidInputError(
+            f"invalid Supabase URL of type {_type(url)}: expected a string such "
+            "as https://<ref>.supabase.co"
+        )
+    if url.startswith(_KEY_PREFIXES):
+        raise InvalidInputError(
+            "invalid Supabase URL: it looks like an API key; pass the project "
+            "URL first, such as https://<ref>.supabase.co, then the key"
+        )
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        host = None
+    if not url.startswith(("http://", "https://")) or not host:
+        raise InvalidInputError(
+            f"invalid Supabase URL {url!r}: expected the project URL, such as "
+            "https://<ref>.supabase.co"
+        )
+    if not isinstance(key, str) or not key.strip():
+        got = "an empty string" if isinstance(key, str) else _type(key)
+        raise InvalidInputError(
+            f"invalid Supabase key: expected the service-role key, got {got}"
+        )
+
+
+def check_conninfo(conninfo: object) -> None:
+    """
+    Raise ``InvalidInputError`` unless libpq can parse ``conninfo``. The
+    message leaves the string and libpq's reason out, since either may
+    contain the password.
+    """
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    if not isinstance(conninfo, str):
+        raise InvalidInputError(
+            f"invalid PostgreSQL connection string of type {_type(conninfo)}: "
+            "expected a string"
+        )
+    try:
+        conninfo_to_dict(conninfo)
+    except ProgrammingError:
+        raise InvalidInputError(
+            "invalid PostgreSQL connection string: libpq cannot parse it; "
+            "expected a URL such as postgresql://user:password@host:5432/postgres "
+            "or key=value pairs such as 'host=localhost dbname=postgres'"
+        ) from None
+
+
+def check_invalidate(session_id: object | None, analysis_version: object) -> None:
+    """
+    Raise ``InvalidInputError`` when invalidate is given no filter, or an
+    ``analysis_version`` that is not a non-empty string.
     """
     if session_id is None and analysis_version is None:
         raise InvalidInputError(
             "invalidate needs a session_id, an analysis_version or both; "
             "to delete every analysis, truncate salesai_analysis_results"
+        )
+    if analysis_version is not None and (
+        not isinstance(analysis_version, str) or not analysis_version.strip()
+    ):
+        # An empty version matches no row, so the call would delete nothing.
+        raise InvalidInputError(
+            f"invalid analysis_version {analysis_version!r}: expected a non-empty "
+            "string, such as the analyzer's analysis_version"
         )
 
 
@@ -131,15 +253,21 @@ def check_session_ids(session_ids: Iterable[object]) -> list[str]:
     Return the canonical ids of ``session_ids``, each once, in order.
 
     Raises:
-        InvalidInputError: ``session_ids`` is a string, or an id is not a
-            UUID.
+        InvalidInputError: ``session_ids`` is a string or not iterable, or
+            an id is not a UUID.
     """
     if isinstance(session_ids, (str, bytes)):
         raise InvalidInputError(
             f"invalid session ids {session_ids!r}: expected a list of UUIDs, "
             "not one string"
         )
-    return list(dict.fromkeys(validate_session_id(item) for item in session_ids))
+    try:
+        ids = iter(session_ids)
+    except TypeError:
+        raise InvalidInputError(
+            f"invalid session ids: expected a list of UUIDs, got {_type(session_ids)}"
+        ) from None
+    return list(dict.fromkeys(validate_session_id(item) for item in ids))
 
 
 def parse_stored_transcript(session_id: str, raw: Any) -> tuple[Turn, ...]:

@@ -29,6 +29,15 @@ _TIMESTAMP = re.compile(
     r"[\[(]?\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?:\s?[AaPp][Mm])?[\])]?\s+"
 )
 
+# JSON type names of the values json.loads returns other than lists and objects.
+_JSON_TYPES: dict[type, str] = {
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
 TranscriptInput = str | bytes | Sequence[Turn | Mapping[str, Any]]
 
 
@@ -53,15 +62,7 @@ def parse_transcript(value: TranscriptInput) -> tuple[Turn, ...]:
             line. Other control characters are kept.
     """
     if isinstance(value, bytes):
-        try:
-            # utf-8-sig drops the byte-order mark that Windows editors write,
-            # which would otherwise hide a JSON list behind "\ufeff".
-            value = value.decode("utf-8-sig")
-        except UnicodeDecodeError as error:
-            raise InvalidInputError(
-                f"transcript is not valid UTF-8: byte {error.start} is "
-                f"{value[error.start : error.start + 1]!r}"
-            ) from None
+        value = _decode(value)
     if isinstance(value, str):
         turns = _parse_text(value)
     elif isinstance(value, Sequence):
@@ -77,6 +78,18 @@ def parse_transcript(value: TranscriptInput) -> tuple[Turn, ...]:
         _check_storable(turn.speaker, index, "speaker")
         _check_storable(turn.text, index, "text")
     return turns
+
+
+def _decode(data: bytes) -> str:
+    try:
+        # utf-8-sig drops the byte-order mark that Windows editors write,
+        # which would otherwise hide a JSON list behind "\ufeff".
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(
+            f"transcript is not valid UTF-8: byte {error.start} is "
+            f"{data[error.start : error.start + 1]!r}"
+        ) from None
 
 
 def _check_storable(text: str, index: int, field: str) -> None:
@@ -186,19 +199,35 @@ def _parse_turn(item: object, index: int) -> Turn:
             f"invalid transcript turn {index}: expected an object with speaker "
             f"and text, got {type(item).__name__}"
         )
-    speaker = next((item[key] for key in _SPEAKER_KEYS if key in item), None)
-    text = next((item[key] for key in _TEXT_KEYS if key in item), None)
-    if not isinstance(speaker, str) or not isinstance(text, str):
-        raise InvalidInputError(
-            f"invalid transcript turn {index}: expected string 'speaker' (or "
-            f"'role') and 'text' (or 'content'), got keys {sorted(item)}"
-        )
+    speaker = _turn_field(item, index, _SPEAKER_KEYS)
+    text = _turn_field(item, index, _TEXT_KEYS)
     try:
         return Turn(speaker=speaker.strip(), text=text.strip())
     except ValidationError:
         raise InvalidInputError(
             f"invalid transcript turn {index}: the speaker is empty"
         ) from None
+
+
+def _turn_field(item: Mapping[Any, Any], index: int, keys: tuple[str, str]) -> str:
+    """
+    Return the value of the first of ``keys`` in a turn, which must be a
+    string. The message names the key and the type, never the value, which
+    may be confidential.
+    """
+    for key in keys:
+        if key in item:
+            value = item[key]
+            if not isinstance(value, str):
+                raise InvalidInputError(
+                    f"invalid transcript turn {index}: {key!r} is "
+                    f"{type(value).__name__}, expected a string"
+                )
+            return value
+    raise InvalidInputError(
+        f"invalid transcript turn {index}: no {keys[0]!r} (or {keys[1]!r}) key, "
+        f"got keys {sorted(str(key) for key in item)}"
+    )
 
 
 def transcript_to_json(turns: Sequence[Turn]) -> list[dict[str, str]]:
@@ -210,14 +239,38 @@ def transcript_to_json(turns: Sequence[Turn]) -> list[dict[str, str]]:
 
 def load_transcript_file(path: str | os.PathLike[str]) -> tuple[Turn, ...]:
     """
-    Read and parse one transcript file (``.json`` or ``Speaker: text`` lines).
+    Read and parse one transcript file: a ``.json`` file holds a JSON list
+    of turns, any other file ``Speaker: text`` lines or a JSON list.
 
     Raises:
         OSError: the file cannot be read.
-        InvalidInputError: the file is not a transcript; the message names it.
+        InvalidInputError: the file is not a transcript; the message names it,
+            and for invalid JSON the line and column of the error.
     """
     path = Path(path)
+    data = path.read_bytes()
     try:
-        return parse_transcript(path.read_bytes())
+        if path.suffix.lower() == ".json":
+            return _parse_json_file(_decode(data))
+        return parse_transcript(data)
     except InvalidInputError as error:
         raise InvalidInputError(f"{path}: {error}") from None
+
+
+def _parse_json_file(text: str) -> tuple[Turn, ...]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        # The position, not the document: transcripts are confidential.
+        raise InvalidInputError(
+            f"invalid JSON at line {error.lineno}, column {error.colno}: "
+            f"{error.msg}; expected a list of turns"
+        ) from None
+    if isinstance(data, dict):
+        # parse_transcript names the keys of an object.
+        return parse_transcript(text)
+    if not isinstance(data, list):
+        raise InvalidInputError(
+            f"expected a JSON list of turns, got a JSON {_JSON_TYPES[type(data)]}"
+        )
+    return parse_transcript(data)

@@ -32,6 +32,7 @@ from salesai_cache import (
     CacheStatus,
     ConversationMetrics,
     ConversationMetricsAnalyzer,
+    InvalidInputError,
     RetryPolicy,
     SalesAICacheError,
     ThreadedAnalyzer,
@@ -528,6 +529,53 @@ def test_aclose_keeps_passed_supabase(
 def test_rejects_sync_connection(db: psycopg.Connection[Any]) -> None:
     with pytest.raises(TypeError, match="AsyncConnection"):
         AsyncAnalysisCache(db, SlowAnalyzer(0))
+
+
+# Bad arguments of the constructors that create their client
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://example.test", ""])
+def test_from_supabase_url_rejects_url(url: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"invalid Supabase URL {url!r}"):
+        asyncio.run(
+            AsyncAnalysisCache.from_supabase_url(url, SERVICE_ROLE_KEY, SlowAnalyzer(0))
+        )
+
+
+def test_from_supabase_url_hides_key() -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        asyncio.run(
+            AsyncAnalysisCache.from_supabase_url(
+                "not a url", SERVICE_ROLE_KEY, SlowAnalyzer(0)
+            )
+        )
+    assert SERVICE_ROLE_KEY not in str(raised.value)
+
+
+def test_from_supabase_url_swapped_arguments() -> None:
+    with pytest.raises(InvalidInputError, match="looks like an API key") as raised:
+        asyncio.run(
+            AsyncAnalysisCache.from_supabase_url(SERVICE_ROLE_KEY, URL, SlowAnalyzer(0))
+        )
+    assert SERVICE_ROLE_KEY not in str(raised.value)
+
+
+def test_from_supabase_url_rejects_analyzer() -> None:
+    with pytest.raises(InvalidInputError, match="NoneType"):
+        asyncio.run(AsyncAnalysisCache.from_supabase_url(URL, SERVICE_ROLE_KEY, None))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "conninfo",
+    ["not a url", "postgresql://rep:s3cret@localhost/db?bogus=1"],
+    ids=["text", "unknown-parameter"],
+)
+def test_from_postgres_url_rejects_conninfo(conninfo: str) -> None:
+    with pytest.raises(
+        InvalidInputError, match="invalid PostgreSQL connection"
+    ) as raised:
+        asyncio.run(AsyncAnalysisCache.from_postgres_url(conninfo, SlowAnalyzer(0)))
+    assert "s3cret" not in str(raised.value)
 
 
 # Using a closed cache

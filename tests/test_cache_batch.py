@@ -129,6 +129,12 @@ def test_get_many_rejects_one_string(cache: Cache) -> None:
         cache.get_many(unknown_id())
 
 
+@pytest.mark.parametrize("ids", [None, 42], ids=["none", "int"])
+def test_get_many_rejects_non_iterable(cache: Cache, ids: Any) -> None:
+    with pytest.raises(InvalidInputError, match=f"got {type(ids).__name__}"):
+        cache.get_many(ids)
+
+
 def test_get_many_invalid_id_sends_nothing(
     backend: Backend, analyzer: CountingAnalyzer
 ) -> None:

@@ -33,6 +33,7 @@ from salesai_cache import (
     AnalyzerError,
     AnalyzerOutput,
     AsyncAnalysisCache,
+    CacheClosedError,
     CacheStatus,
     ClaimTimeoutError,
     InvalidInputError,
@@ -736,6 +737,134 @@ def test_invalidate_version(
 def test_invalidate_needs_filter(cache: Cache) -> None:
     with pytest.raises(InvalidInputError, match="session_id, an analysis_version"):
         cache.invalidate()
+
+
+@pytest.mark.parametrize("version", ["", "  ", 3], ids=["empty", "blank", "int"])
+def test_invalidate_bad_version(cache: Cache, backend: Backend, version: Any) -> None:
+    backend.sever()
+    with pytest.raises(InvalidInputError, match=f"analysis_version {version!r}"):
+        cache.invalidate(analysis_version=version)
+
+
+# A closed cache
+
+CLOSED_CALLS: dict[str, Callable[[Cache, str], object]] = {
+    "get_or_compute": lambda cache, key: cache.get_or_compute(key, TRANSCRIPT),
+    "refresh": lambda cache, key: cache.refresh(key, TRANSCRIPT),
+    "get": lambda cache, key: cache.get(key),
+    "get_by_conversation": lambda cache, key: cache.get_by_conversation("call-1"),
+    "get_many": lambda cache, key: cache.get_many([key]),
+    "invalidate": lambda cache, key: cache.invalidate(key),
+    "flush_pending": lambda cache, key: cache.flush_pending(),
+    "flush_stats": lambda cache, key: cache.flush_stats(),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CLOSED_CALLS))
+def test_closed_raises(
+    cache: Cache, backend: Backend, session_id: str, call: str
+) -> None:
+    cache.close()
+    # Cut the database off: a request would fail with another error.
+    backend.sever()
+    with pytest.raises(CacheClosedError, match="AnalysisCache is closed"):
+        CLOSED_CALLS[call](cache, session_id)
+
+
+def test_closed_computes_nothing(
+    cache: Cache,
+    analyzer: CountingAnalyzer,
+    db: psycopg.Connection[Any],
+    session_id: str,
+) -> None:
+    cache.close()
+    with pytest.raises(CacheClosedError):
+        cache.get_or_compute(session_id, TRANSCRIPT)
+    assert (analyzer.calls, stored_rows(db, session_id)) == (0, 0)
+
+
+def test_close_twice(cache: Cache, session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.close()
+    cache.close()
+    assert cache.pending_writes == 0
+
+
+def test_closed_stats_readable(cache: Cache, session_id: str) -> None:
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.get_or_compute(session_id, TRANSCRIPT)
+    cache.close()
+    stats = cache.stats()
+    assert (stats.misses, stats.hits) == (1, 1)
+
+
+def test_closed_sync_with_block(
+    db: psycopg.Connection[Any], analyzer: CountingAnalyzer, session_id: str
+) -> None:
+    with AnalysisCache(db, analyzer) as cache:
+        cache.get_or_compute(session_id, TRANSCRIPT)
+    with pytest.raises(CacheClosedError, match=r"close\(\) or at the end of 'with'"):
+        cache.get_or_compute(session_id, TRANSCRIPT)
+
+
+def test_closed_sync_reentry(db: psycopg.Connection[Any]) -> None:
+    cache = AnalysisCache(db, CountingAnalyzer())
+    with cache:
+        pass
+    with pytest.raises(CacheClosedError), cache:
+        pass
+
+
+# Analyzers that are not analyzers
+
+
+class NoVersion:
+    output_model = Verdict
+
+    def analyze(self, transcript: Sequence[Turn]) -> AnalyzerOutput[Verdict]:
+        raise AssertionError("not called")
+
+
+class DictModel(NoVersion):
+    analysis_version = "v1"
+    output_model = dict  # type: ignore[assignment]
+
+
+class IntVersion(NoVersion):
+    analysis_version = 1
+
+
+class NoAnalyze:
+    output_model = Verdict
+    analysis_version = "v1"
+    analyze = None
+
+
+BAD_ANALYZERS: dict[str, tuple[object, str]] = {
+    "none": (None, "NoneType: missing analysis_version, output_model, analyze"),
+    "no-version": (NoVersion(), "NoVersion: missing analysis_version"),
+    "model-not-pydantic": (DictModel(), "output_model is class dict, not a pydantic"),
+    "version-not-string": (IntVersion(), "IntVersion: analysis_version is int"),
+    "analyze-not-callable": (NoAnalyze(), "NoAnalyze: analyze is not callable"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ANALYZERS))
+def test_bad_analyzer_rejected(store_client: Any, backend: Backend, name: str) -> None:
+    bad, message = BAD_ANALYZERS[name]
+    with pytest.raises(InvalidInputError, match=message):
+        backend.cache(store_client, bad)
+
+
+def test_sync_cache_rejects_async_analyzer(db: psycopg.Connection[Any]) -> None:
+    class Coroutines(CountingAnalyzer):
+        async def analyze(  # type: ignore[override]
+            self, transcript: Sequence[Turn]
+        ) -> AnalyzerOutput[Verdict]:
+            raise AssertionError("not called")
+
+    with pytest.raises(InvalidInputError, match="AsyncAnalysisCache"):
+        AnalysisCache(db, Coroutines())
 
 
 # One computation per session

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from salesai_cache import (
     AnalysisCache,
     CacheStoreError,
+    ConversationMetricsAnalyzer,
     SchemaMismatchError,
     SessionNotFoundError,
     TokenUsage,
@@ -163,8 +164,8 @@ def test_fetch_by_conversation_none(store: PostgresStore, session_id: str) -> No
 
 
 def test_made_by_cache(conn: psycopg.Connection[Any]) -> None:
-    analyzer: Any = object()
-    assert isinstance(AnalysisCache(conn, analyzer).store, PostgresStore)
+    cache = AnalysisCache(conn, ConversationMetricsAnalyzer())
+    assert isinstance(cache.store, PostgresStore)
 
 
 # Transactions

@@ -16,6 +16,7 @@ from salesai_cache import (
     load_transcript_file,
     parse_transcript,
 )
+from salesai_cache._datasets import load_transcript_folder
 
 TURNS = (
     Turn(speaker="Rep", text="Hi, how is the quarter going?"),
@@ -158,8 +159,24 @@ def test_parse_turn_missing_text() -> None:
 
 
 def test_parse_turn_text_not_string() -> None:
-    with pytest.raises(InvalidInputError, match="turn 0"):
+    with pytest.raises(InvalidInputError, match="turn 0: 'text' is int"):
         parse_transcript([{"speaker": "Rep", "text": 3}])
+
+
+def test_parse_turn_role_not_string() -> None:
+    with pytest.raises(InvalidInputError, match="turn 1: 'role' is NoneType"):
+        parse_transcript([AS_JSON[0], {"role": None, "content": "Hi"}])
+
+
+def test_parse_turn_type_error_hides_value() -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        parse_transcript([{"speaker": "Rep", "text": 48250}])
+    assert "48250" not in str(raised.value)
+
+
+def test_parse_turn_missing_speaker() -> None:
+    with pytest.raises(InvalidInputError, match=r"turn 0: no 'speaker' \(or 'role'\)"):
+        parse_transcript([{"text": "Hi"}])
 
 
 def test_parse_turn_blank_speaker() -> None:
@@ -201,6 +218,54 @@ def test_load_invalid_file_names_it(tmp_path: Path) -> None:
     path.write_text("[1]", encoding="utf-8")
     with pytest.raises(InvalidInputError, match=r"broken\.json: invalid transcript"):
         load_transcript_file(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "position"),
+    [("not json", "line 1, column 1"), ('[{"speaker": "Rep",\n', "line 2, column 1")],
+    ids=["text", "truncated"],
+)
+def test_load_json_file_invalid(tmp_path: Path, content: str, position: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(
+        InvalidInputError, match=rf"bad\.json: invalid JSON at {position}"
+    ):
+        load_transcript_file(path)
+
+
+def test_load_json_file_invalid_hides_content(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text("Buyer: our budget is 48,250", encoding="utf-8")
+    with pytest.raises(InvalidInputError) as raised:
+        load_transcript_file(path)
+    assert "48,250" not in str(raised.value)
+
+
+def test_load_json_file_not_a_list(tmp_path: Path) -> None:
+    path = tmp_path / "call.json"
+    path.write_text('"Rep: Hi"', encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="expected a JSON list of turns"):
+        load_transcript_file(path)
+
+
+def test_load_json_file_object(tmp_path: Path) -> None:
+    path = tmp_path / "call.json"
+    path.write_text('{"turns": []}', encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="JSON object with keys"):
+        load_transcript_file(path)
+
+
+def test_load_json_file_with_bom(tmp_path: Path) -> None:
+    path = tmp_path / "call.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(AS_JSON).encode())
+    assert load_transcript_file(path) == TURNS
+
+
+def test_load_folder_invalid_json(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("not json", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=r"bad\.json: invalid JSON at line 1"):
+        load_transcript_folder(tmp_path)
 
 
 def test_load_missing_file(tmp_path: Path) -> None:
