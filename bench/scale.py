@@ -58,7 +58,7 @@ def generate(conn: psycopg.Connection[Any], params: dict[str, Any], count: int) 
 ROUNDS = 15
 
 
-def first_session(conn: psycopg.Connection[Any]) -> str:
+def random_session(conn: psycopg.Connection[Any]) -> str:
     row = conn.execute(
         "select session_id::text from public.salesai_analysis_results "
         "order by random() limit 1"
@@ -121,7 +121,7 @@ def main() -> None:
         calls = {}
         for count, conn in connections.items():
             cache = AnalysisCache(conn, ConversationMetricsAnalyzer())
-            target = first_session(conn)
+            target = random_session(conn)
             calls[count] = (cache, target)
             for _ in range(100):
                 cache.get_or_compute(target, TRANSCRIPT)

@@ -50,9 +50,9 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-# Read as text: the cache validates the analysis with pydantic's JSON parser,
-# faster than psycopg decoding it into a dict that pydantic then walks again,
-# and wants the session id as a string, which a uuid would be turned into.
+# Columns read as text. pydantic validates JSON text in one pass, faster than
+# psycopg decoding a dict for pydantic to walk again. The cache wants the
+# session id as a string anyway.
 _AS_TEXT = frozenset({"session_id", "analysis"})
 
 
@@ -75,9 +75,9 @@ _CLAIMS = sql.Identifier("public", CLAIMS_TABLE)
 
 
 def _render(query: sql.Composed) -> bytes:
-    # psycopg renders a Composed query on every execute, which costs about as
-    # much as a single-row select on a local socket; these queries are
-    # constant, so they are rendered once.
+    # psycopg renders a Composed query again on every execute, which costs
+    # about as much as a single-row select on a local socket. These queries
+    # are constant, so they are rendered once.
     return query.as_bytes()
 
 
@@ -103,12 +103,12 @@ _FETCH_TRANSCRIPT = _render(
         sessions=_SESSIONS
     )
 )
-# A fresh analysis is read with a plain select, and the function, which may
-# take the claim, runs only when that select finds nothing: the Append node
-# runs its branches in order and the limit stops it after the first row, so
-# a hit costs about what a single-row select costs and a miss is still one
-# statement. (The function is parallel-unsafe, so the plan is never parallel
-# and the order holds.) Its arguments are named, so that a function whose
+# A fresh analysis is read with a plain select. The function, which may take
+# the claim, runs only when that select finds nothing, because the Append node
+# runs its branches in order and the limit stops it after the first row. So a
+# hit costs about what a single-row select costs, and a miss is still one
+# statement. The function is parallel-unsafe, so the plan is never parallel
+# and the order holds. Its arguments are named, so that a function whose
 # parameters were renamed fails as undefined (42883) instead of receiving
 # values in the wrong places.
 _LOOKUP = _render(
