@@ -37,7 +37,10 @@ def normalize_transcript(turns: Sequence[Turn]) -> list[list[str]]:
 
 
 def _fold(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    # ASCII text is already in NFC, and isascii() only reads a flag.
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    return " ".join(text.split())
 
 
 def transcript_hash(turns: Sequence[Turn]) -> str:

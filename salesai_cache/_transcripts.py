@@ -95,6 +95,9 @@ def _decode(data: bytes) -> str:
 def _check_storable(text: str, index: int, field: str) -> None:
     # The message gives positions, not the text, which may be confidential.
     position = text.find("\x00")
+    if position < 0 and text.isascii():
+        # isascii() reads a flag of the string: ASCII text encodes as is.
+        return
     if position >= 0:
         raise InvalidInputError(
             f"invalid transcript turn {index}: its {field} contains a NUL "
@@ -194,7 +197,8 @@ def _is_speaker(label: str, rest: str) -> bool:
 def _parse_turn(item: object, index: int) -> Turn:
     if isinstance(item, Turn):
         return item
-    if not isinstance(item, Mapping):
+    # dict first: checking against the Mapping ABC costs more, on every turn.
+    if not isinstance(item, (dict, Mapping)):
         raise InvalidInputError(
             f"invalid transcript turn {index}: expected an object with speaker "
             f"and text, got {type(item).__name__}"

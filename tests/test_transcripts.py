@@ -17,6 +17,7 @@ from salesai_cache import (
     parse_transcript,
 )
 from salesai_cache._datasets import load_transcript_folder
+from salesai_cache._keys import transcript_hash
 
 TURNS = (
     Turn(speaker="Rep", text="Hi, how is the quarter going?"),
@@ -294,4 +295,44 @@ def test_lines_time_in_text_continues() -> None:
     turns = parse_transcript("Rep: Shall we say 10:30?\n10:30 works for me too")
     assert turns == (
         Turn(speaker="Rep", text="Shall we say 10:30?\n10:30 works for me too"),
+    )
+
+
+# The transcript hash: stored fingerprints depend on it staying the same.
+
+MIXED = [
+    {"speaker": "Rep", "text": "Caf\u00e9 at  10:30?\n"},
+    {"role": "Buyer", "content": "Cafe\u0301 works."},
+]
+
+
+def test_hash_pinned() -> None:
+    # A change here makes every stored analysis stale: it needs a new
+    # analysis_version scheme, not an edit of this value.
+    assert transcript_hash(parse_transcript(MIXED)) == (
+        "ce88b9ed36f559c4c290007d2c84e25fb25c51ecb95aa43e30f2fab70d044c13"
+    )
+
+
+def test_hash_composed_equals_decomposed() -> None:
+    composed = [{"speaker": "Rep", "text": "Caf\u00e9"}]
+    decomposed = [{"speaker": "Rep", "text": "Cafe\u0301"}]
+    assert transcript_hash(parse_transcript(composed)) == transcript_hash(
+        parse_transcript(decomposed)
+    )
+
+
+def test_hash_folds_whitespace() -> None:
+    spaced = [{"speaker": " Rep ", "text": "a \t b\n\nc "}]
+    plain = [{"speaker": "Rep", "text": "a b c"}]
+    assert transcript_hash(parse_transcript(spaced)) == transcript_hash(
+        parse_transcript(plain)
+    )
+
+
+def test_hash_keeps_case() -> None:
+    upper = [{"speaker": "Rep", "text": "Yes"}]
+    lower = [{"speaker": "Rep", "text": "yes"}]
+    assert transcript_hash(parse_transcript(upper)) != transcript_hash(
+        parse_transcript(lower)
     )
