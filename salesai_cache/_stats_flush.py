@@ -18,9 +18,17 @@ import time
 from ._stats import StatsRecorder, StatsRow
 from .exceptions import CacheStoreError, InvalidInputError
 
-__all__ = ["DEFAULT_FLUSH_INTERVAL", "StatsFlusher", "check_flush_interval"]
+__all__ = [
+    "DEFAULT_FLUSH_INTERVAL",
+    "MAX_UNSENT_ROWS",
+    "StatsFlusher",
+    "check_flush_interval",
+]
 
 DEFAULT_FLUSH_INTERVAL = 60.0
+# Rows kept while the database refuses them: one per model and analysis
+# version per flush, so about 16 hours of a 60 s interval for one model.
+MAX_UNSENT_ROWS = 1000
 
 _MIGRATION_003 = "sql/migrations/003_add_cache_stats.sql"
 # The table is missing: SQLSTATE over psycopg, PostgREST's code over the API.
@@ -132,8 +140,22 @@ class StatsFlusher:
         """
         Keep ``rows`` for the next flush, silently: a cancelled flush.
         """
+        self._keep(rows)
+
+    def _keep(self, rows: list[StatsRow]) -> None:
+        # The oldest rows go first when the bound is passed: counters are
+        # lost then, never analyses.
         with self._lock:
-            self._unsent = rows + self._unsent
+            unsent = rows + self._unsent
+            dropped = unsent[:-MAX_UNSENT_ROWS]
+            self._unsent = unsent[-MAX_UNSENT_ROWS:]
+        if dropped:
+            self._logger.warning(
+                "Dropped the %d oldest unsent rows of cache counters: more than "
+                "%d are waiting for the database",
+                len(dropped),
+                MAX_UNSENT_ROWS,
+            )
 
     def failed(self, rows: list[StatsRow], error: BaseException) -> None:
         """
@@ -155,8 +177,7 @@ class StatsFlusher:
                     _MIGRATION_003,
                 )
             return
-        with self._lock:
-            self._unsent = rows + self._unsent
+        self._keep(rows)
         self._logger.warning(
             "Could not record %d rows of cache counters in the database; they "
             "are kept for the next flush: %s",

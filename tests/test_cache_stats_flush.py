@@ -30,7 +30,8 @@ from test_cache_behaviour import TRANSCRIPT, USAGE, CountingAnalyzer
 
 from salesai_cache import AnalysisCache, AsyncAnalysisCache, CacheStoreError
 from salesai_cache._local.database import create_auth_user
-from salesai_cache._stats import StatsRow
+from salesai_cache._stats import StatsRecorder, StatsRow
+from salesai_cache._stats_flush import MAX_UNSENT_ROWS, StatsFlusher
 from salesai_cache._stores._retrying import RetryingStore
 from salesai_cache._stores.async_supabase import close_async_client
 from salesai_cache._stores.supabase import SupabaseStore
@@ -502,3 +503,25 @@ def test_record_stats_missing_table_error() -> None:
         with pytest.raises(CacheStoreError, match="003_add_cache_stats") as info:
             store.record_stats([StatsRow(model="m", analysis_version=None)])
     assert info.value.code == "PGRST205"
+
+
+def test_unsent_rows_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    flusher = StatsFlusher(
+        StatsRecorder(), None, enabled=True, logger=logging.getLogger("salesai_cache")
+    )
+    rows = [StatsRow(model="m", analysis_version="v", hits=1) for _ in range(1500)]
+    with caplog.at_level(logging.WARNING, logger="salesai_cache"):
+        flusher.failed(rows, CacheStoreError("connection refused"))
+    assert len(flusher.take()) == MAX_UNSENT_ROWS
+    assert "Dropped the 500 oldest" in caplog.text
+
+
+def test_unsent_rows_keep_newest() -> None:
+    flusher = StatsFlusher(
+        StatsRecorder(), None, enabled=True, logger=logging.getLogger("salesai_cache")
+    )
+    rows = [
+        StatsRow(model="m", analysis_version="v", hits=index) for index in range(1200)
+    ]
+    flusher.failed(rows, CacheStoreError("connection refused"))
+    assert flusher.take()[0].hits == 200
