@@ -75,10 +75,11 @@ class RetryingStore:
         return self._call(action, call)
 
     def _call(self, name: str, call: Callable[[], _T]) -> _T:
-        # Most calls succeed at once: the first attempt runs without building
-        # the tenacity machinery, which would cost as much as a cache hit's
-        # own work. A failure is replayed as tenacity's first attempt, so the
-        # waits, the log lines and the attempt count are tenacity's.
+        # Most calls succeed at once, so the first attempt runs without
+        # building the tenacity machinery, which would cost as much as a cache
+        # hit's own work. A failure is replayed as tenacity's first attempt, so
+        # the waits, the log lines and the attempt count are tenacity's. The
+        # deadline then counts from the first failure, a few milliseconds late.
         try:
             return call()
         except Exception as error:
