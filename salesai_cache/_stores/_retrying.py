@@ -79,7 +79,7 @@ class RetryingStore:
         # building the tenacity machinery, which would cost as much as a cache
         # hit's own work. A failure is replayed as tenacity's first attempt, so
         # the waits, the log lines and the attempt count are tenacity's. The
-        # deadline then counts from the first failure, a few milliseconds late.
+        # deadline then counts from the first failure, not the first attempt.
         try:
             return call()
         except Exception as error:
