@@ -78,15 +78,27 @@ STORE_METHODS = (
 )
 
 
+# salesai_lookup_analysis rejects longer leases: more is a unit mistake.
+MAX_LEASE_SECONDS = 31_536_000
+
+
 def check_durations(**durations: float | None) -> None:
     """
-    Raise ``InvalidInputError`` for the first duration that is not positive.
+    Raise ``InvalidInputError`` for the first duration that is not positive,
+    or for a ``lease_seconds`` above ``MAX_LEASE_SECONDS`` (one year), which
+    the database would reject on every call.
     """
     for name, value in durations.items():
         if value is not None and not value > 0:
             raise InvalidInputError(
                 f"invalid {name} {value!r}: expected a positive number of seconds"
             )
+    lease = durations.get("lease_seconds")
+    if lease is not None and not lease <= MAX_LEASE_SECONDS:
+        raise InvalidInputError(
+            f"invalid lease_seconds {lease!r}: expected at most "
+            f"{MAX_LEASE_SECONDS} seconds (one year)"
+        )
 
 
 def check_analyzer(analyzer: object, *, coroutines: bool) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
+
+import pytest
 
 import salesai_cache
 
@@ -56,3 +59,29 @@ def test_unknown_attribute_raises() -> None:
         assert "NoSuchName" in str(error)
     else:
         raise AssertionError("expected AttributeError")
+
+
+class _Store:
+    """
+    An object with every store method, enough to construct a cache.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+@pytest.mark.parametrize("lease", [float("inf"), 31_536_001, float("nan")])
+def test_cache_rejects_lease_above_year(lease: float) -> None:
+    with pytest.raises(salesai_cache.InvalidInputError, match="lease_seconds"):
+        salesai_cache.AnalysisCache(
+            _Store(), salesai_cache.ConversationMetricsAnalyzer(), lease_seconds=lease
+        )
+
+
+def test_cache_accepts_lease_of_year() -> None:
+    cache = salesai_cache.AnalysisCache(
+        _Store(),
+        salesai_cache.ConversationMetricsAnalyzer(),
+        lease_seconds=31_536_000,
+    )
+    assert cache.analyzer is not None
