@@ -298,7 +298,8 @@ def _print_counters(
     print(
         f"Hits: {totals.hits}, misses: {totals.misses} (stale recomputes: "
         f"{totals.stale_recomputes}), waits: {totals.waits}, stale served: "
-        f"{totals.stale_served}, hit ratio: {ratio:.1%}",
+        f"{totals.stale_served}; served without a model call (hit ratio): "
+        f"{ratio:.1%}",
         file=out,
     )
     print(

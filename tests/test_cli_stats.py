@@ -76,8 +76,8 @@ def test_stats_prints_totals(
     code, out, _ = run(capsys, "stats", "--db-url", database_url)
     assert code == 0
     assert (
-        "Hits: 6, misses: 2 (stale recomputes: 2), waits: 2, stale served: 0, "
-        "hit ratio: 80.0%" in out
+        "Hits: 6, misses: 2 (stale recomputes: 2), waits: 2, stale served: 0; "
+        "served without a model call (hit ratio): 80.0%" in out
     )
     # 8000 * 0.15 / 1e6 + 2000 * 0.60 / 1e6
     assert (
