@@ -49,6 +49,7 @@ from ._core import (
 from ._keys import transcript_hash
 from ._models import (
     AnalysisResult,
+    AnalyzerOutput,
     CacheStatus,
     StoredAnalysis,
     Turn,
@@ -269,7 +270,9 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
             return
         # Saves and releases that cancelled callers left running go first,
         # so that a failed save joins the pending writes below.
-        if self._background_tasks:
+        # A finished background task may start another (a save after a late
+        # analysis), so the loop runs until none is left.
+        while self._background_tasks:
             await asyncio.gather(*self._background_tasks, return_exceptions=True)
         try:
             await self.flush_pending()
@@ -633,12 +636,18 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
     ) -> AnalysisResult[AnalysisT]:
         logger.debug("Computing the analysis of session %s", session_id)
         started = time.perf_counter()
-        try:
-            output = await self._analyzer.analyze(turns)
-        except BaseException:
-            # Let another caller take over at once instead of after the lease.
-            await self._release_shielded(session_id, claimant)
-            raise
+        if isinstance(self._analyzer, ThreadedAnalyzer):
+            output = await self._analyze_in_thread(
+                session_id, turns, fingerprint, claimant
+            )
+        else:
+            try:
+                output = await self._analyzer.analyze(turns)
+            except BaseException:
+                # Let another caller take over at once instead of after the
+                # lease.
+                await self._release_shielded(session_id, claimant)
+                raise
         logger.debug(
             "Computed the analysis of session %s with %s in %.2f s",
             session_id,
@@ -721,6 +730,57 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
         self._background_tasks.add(task)
         task.add_done_callback(self._background_tasks.discard)
         return task
+
+    async def _analyze_in_thread(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        fingerprint: str,
+        claimant: str,
+    ) -> AnalyzerOutput[AnalysisT]:
+        """
+        Await a sync analyzer's thread. A thread runs on to the end of its
+        model call whatever happens to the caller, so when the caller is
+        cancelled the claim stays, and the analysis is saved once the thread
+        returns: other callers wait for it instead of paying again.
+        """
+        job = self._background(self._analyzer.analyze(turns))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(
+                functools.partial(
+                    self._computed_late, session_id, fingerprint, claimant
+                )
+            )
+            raise
+        except BaseException:
+            await self._release_shielded(session_id, claimant)
+            raise
+
+    def _computed_late(
+        self,
+        session_id: str,
+        fingerprint: str,
+        claimant: str,
+        analysis: asyncio.Future[AnalyzerOutput[AnalysisT]],
+    ) -> None:
+        """
+        Save what a sync analyzer returned after its caller was cancelled,
+        or release the claim when it failed.
+        """
+        if analysis.cancelled() or analysis.exception() is not None:
+            self._background(self._release_quietly(session_id, claimant))
+            return
+        write = PendingWrite(
+            analysis.result(), fingerprint, self._analyzer.analysis_version
+        )
+        save = self._background(
+            self._io.save(session_id, **write.save_arguments(), claimant=claimant)
+        )
+        save.add_done_callback(
+            functools.partial(self._saved_late, session_id, write, claimant)
+        )
 
     def _saved_late(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -266,6 +267,72 @@ def test_cancel_while_saving_pays_once(connect: Connect, session_id: str) -> Non
     analyzer = CancelOnReturn(0)
     statuses = asyncio.run(cancel_while_saving(connect, session_id, analyzer))
     assert (statuses, analyzer.calls) == ([CacheStatus.HIT], 1)
+
+
+class BlockingAnalyzer:
+    """
+    A sync analyzer, run by the async cache in a thread, that blocks for
+    ``delay`` seconds like a sync model client.
+    """
+
+    output_model = Verdict
+    analysis_version = VERSION
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.calls = 0
+        self.started = threading.Event()
+
+    def analyze(self, transcript: Sequence[Turn]) -> AnalyzerOutput[Verdict]:
+        self.calls += 1
+        self.started.set()
+        time.sleep(self.delay)
+        return AnalyzerOutput(
+            analysis=Verdict(turns=len(transcript)), model="fake", usage=TokenUsage()
+        )
+
+
+async def cancel_in_thread(
+    connect: Connect, session_id: str, analyzer: BlockingAnalyzer
+) -> CacheStatus:
+    """
+    Cancel a compute whose sync analyzer runs in a thread, ask for the
+    session again at once from another cache, close both, and return the
+    status of the second call.
+    """
+    async with connect() as first, connect() as second:
+        cancelled = AsyncAnalysisCache(first, analyzer)
+        task = asyncio.create_task(cancelled.get_or_compute(session_id, TRANSCRIPT))
+        while not analyzer.started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        other = AsyncAnalysisCache(second, analyzer, poll_interval=0.02)
+        result = await other.get_or_compute(session_id, TRANSCRIPT)
+        await cancelled.aclose()
+        await other.aclose()
+        return result.status
+
+
+def test_cancel_in_thread_pays_once(connect: Connect, session_id: str) -> None:
+    analyzer = BlockingAnalyzer(0.3)
+    status = asyncio.run(cancel_in_thread(connect, session_id, analyzer))
+    assert (status, analyzer.calls) == (CacheStatus.WAITED, 1)
+
+
+def test_cancel_in_thread_stores(
+    connect: Connect, db: psycopg.Connection[Any], session_id: str
+) -> None:
+    asyncio.run(cancel_in_thread(connect, session_id, BlockingAnalyzer(0.3)))
+    assert count(db, "salesai_analysis_results", session_id) == 1
+
+
+def test_cancel_in_thread_releases_claim(
+    connect: Connect, db: psycopg.Connection[Any], session_id: str
+) -> None:
+    asyncio.run(cancel_in_thread(connect, session_id, BlockingAnalyzer(0.3)))
+    assert count(db, "salesai_analysis_claims", session_id) == 0
 
 
 async def cancel_during_retry(

@@ -25,7 +25,8 @@ class ThreadedAnalyzer(Generic[AnalysisT]):
     event loop. ``AsyncAnalysisCache`` wraps sync analyzers in it by itself.
 
     A thread cannot be interrupted: when the awaiting task is cancelled, the
-    analysis runs on to its end in the thread and its result is dropped.
+    analysis runs on to its end in the thread. ``AsyncAnalysisCache`` keeps
+    its claim meanwhile and saves the analysis when the thread returns.
 
     Args:
         analyzer: the sync analyzer.
