@@ -51,6 +51,7 @@ from .supabase import (
     _row_list,
     _save_params,
     _saved,
+    _stats_upsert,
     _url_bytes,
 )
 
@@ -325,16 +326,7 @@ class AsyncSupabaseStore:
         """
         if not rows:
             return 0
-        request = (
-            self._table(STATS_TABLE)
-            .upsert(
-                [row.as_record() for row in rows],
-                on_conflict="id",
-                ignore_duplicates=True,
-                returning=_MINIMAL,
-            )
-            .retry(False)
-        )
+        request = _stats_upsert(self._table(STATS_TABLE), rows)
         await self._execute(
             request.execute,
             action=f"recording {len(rows)} rows of cache counters",

@@ -331,16 +331,7 @@ class SupabaseStore:
         """
         if not rows:
             return 0
-        request = (
-            self._table(STATS_TABLE)
-            .upsert(
-                [row.as_record() for row in rows],
-                on_conflict="id",
-                ignore_duplicates=True,
-                returning=_MINIMAL,
-            )
-            .retry(False)
-        )
+        request = _stats_upsert(self._table(STATS_TABLE), rows)
         self._execute(
             request.execute,
             action=f"recording {len(rows)} rows of cache counters",
@@ -596,3 +587,16 @@ def _row_list(response: APIResponse | SingleAPIResponse) -> list[Mapping[str, An
             "that the client points at <project>/rest/v1"
         )
     return rows
+
+
+def _stats_upsert(table: Any, rows: Sequence[StatsRow]) -> Any:
+    """
+    Return the request that inserts counter rows and ignores the ids the
+    table has, built the same way on a sync or an async request builder.
+    """
+    return table.upsert(
+        [row.as_record() for row in rows],
+        on_conflict="id",
+        ignore_duplicates=True,
+        returning=_MINIMAL,
+    ).retry(False)
