@@ -740,9 +740,10 @@ class AsyncAnalysisCache(Generic[AnalysisT]):
     ) -> AnalyzerOutput[AnalysisT]:
         """
         Await a sync analyzer's thread. A thread runs on to the end of its
-        model call whatever happens to the caller, so when the caller is
-        cancelled the claim stays, and the analysis is saved once the thread
-        returns: other callers wait for it instead of paying again.
+        model call whatever happens to the caller. So when the caller is
+        cancelled, the claim stays and the analysis is saved once the thread
+        returns, and other callers wait for it instead of paying again (until
+        the lease ends, when one of them takes the claim over).
         """
         job = self._background(self._analyzer.analyze(turns))
         try:

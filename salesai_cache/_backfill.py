@@ -82,7 +82,7 @@ def is_current(
 
     Every backfill decides with this function, whatever it reads the
     sessions through. A session without an analysis has ``None`` for both
-    stored values; a transcript that does not parse is never current, so the
+    stored values. A transcript that does not parse is never current, so the
     cache reports its error.
     """
     if stored_version != analysis_version or stored_hash is None:

@@ -12,9 +12,9 @@ Whether a session's analysis is current is decided by ``is_current``, as
 over PostgreSQL.
 
 Each worker thread has its own supabase client, as each has its own
-connection over PostgreSQL: httpx's client is thread-safe, but supabase-py's
+connection over PostgreSQL. httpx's client is thread-safe, but supabase-py's
 ``Client`` creates its PostgREST client on first use without a lock and
-replaces it on auth events, and it is not documented as thread-safe.
+replaces it on auth events. It is not documented as thread-safe.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def run_backfill_supabase(
     finally:
         close_client(listing)
     # The worker's cache reads each transcript again (one GET), so that the
-    # list of pending sessions holds ids, not transcripts.
+    # list of pending sessions contains ids, not transcripts.
     analyse_pending(
         todo,
         connect,
@@ -169,7 +169,7 @@ def close_client(client: Client) -> None:
     """
     Close the HTTP connections of a sync supabase ``Client``.
 
-    ``Client`` has no ``close``: its auth client holds an ``httpx.Client``
+    ``Client`` has no ``close``: its auth client has an ``httpx.Client``
     from the start, and its PostgREST client one from its first request.
     """
     client.auth.close()

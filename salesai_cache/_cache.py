@@ -215,7 +215,7 @@ class AnalysisCache(Generic[AnalysisT]):
             0 when nothing was counted, when the store cannot record stats
             (a custom store without ``record_stats``), or when the write
             failed. A failure is logged at WARNING and the rows are sent
-            again with the next flush; a missing table (migration 003 not
+            again with the next flush. A missing table (migration 003 not
             applied) stops flushing for this cache.
 
         Raises:

@@ -150,7 +150,7 @@ def check_analyzer_key(args: argparse.Namespace) -> None:
     Fail when ``--analyzer openai`` is chosen without ``OPENAI_API_KEY``.
 
     Raises:
-        ValueError: the key is missing or empty; the message says so.
+        ValueError: the key is missing or empty; the message names it.
     """
     if args.analyzer == "openai" and not os.environ.get("OPENAI_API_KEY", "").strip():
         raise ValueError("--analyzer openai needs OPENAI_API_KEY in the environment")

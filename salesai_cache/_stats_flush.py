@@ -71,7 +71,7 @@ class StatsFlusher:
     The flush bookkeeping of one cache.
 
     Rows that failed to be written keep their ids and are sent again with
-    the next flush; the database ignores a row whose id it has, so a flush
+    the next flush. The database ignores a row whose id it has, so a flush
     whose reply was lost counts once. A missing table (migration 003 not
     applied) logs one WARNING and turns flushing off for the life of the
     cache.

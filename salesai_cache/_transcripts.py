@@ -243,7 +243,7 @@ def transcript_to_json(turns: Sequence[Turn]) -> list[dict[str, str]]:
 
 def load_transcript_file(path: str | os.PathLike[str]) -> tuple[Turn, ...]:
     """
-    Read and parse one transcript file: a ``.json`` file holds a JSON list
+    Read and parse one transcript file: a ``.json`` file contains a JSON list
     of turns, any other file ``Speaker: text`` lines or a JSON list.
 
     Raises:

@@ -57,7 +57,7 @@
 --     functions; that is a grant of migration 002, not a policy.
 --   * authenticated may record cache counters under their own user_id (the
 --     default, auth.uid()) and read those rows, for a cache that runs with a
---     user's key; anon can do nothing with counters. Only the service role
+--     user's key. anon can do nothing with counters. Only the service role
 --     may execute the summary functions of migration 003 (a grant, not a
 --     policy). A user can thus add made-up counters under their own id: the
 --     summary sums them with the rest.

@@ -631,7 +631,7 @@ class PostgrestEmulator:
         response = self._run(claims, query, [json.dumps(body)], status=204)
         if response.status_code != 204:
             return response
-        # An insert with return=minimal answers 201 without a body.
+        # An insert with return=minimal returns 201 without a body.
         return httpx.Response(201, headers={"Content-Range": "*/*"})
 
     def _table_columns(self, table: str) -> set[str]:

@@ -448,7 +448,7 @@ def test_loop_never_blocks(
 ) -> None:
     """
     A miss, a wait for another worker and a hit, in asyncio's debug mode,
-    which logs every callback that holds the loop for 250 ms or more: less
+    which logs every callback that blocks the loop for 250 ms or more: less
     than the analyzer takes, more than a loaded machine's scheduling delays.
     A time.sleep on the loop's thread, however short, is caught by itself.
     """

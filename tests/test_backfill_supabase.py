@@ -209,7 +209,8 @@ def test_listing_requests() -> None:
         )
     sent = [list(call.request.url.params.multi_items()) for call in route.calls]
     base = [("select", LISTING_SELECT), ("order", "id.asc"), ("limit", "50")]
-    assert (found, sent) == ([FIRST], [base, [*base, ("id", f"gt.{FIRST}")]])
+    assert found == [FIRST]
+    assert sent == [base, [*base, ("id", f"gt.{FIRST}")]]
 
 
 def test_listing_request_headers() -> None:
@@ -217,10 +218,8 @@ def test_listing_request_headers() -> None:
         route = router.get(SESSIONS_URL).mock(return_value=page_reply([]))
         list(find_pending_supabase(connect(), VERSION, BackfillReport()))
     headers = route.calls.last.request.headers
-    assert (headers["apikey"], headers["Accept-Profile"]) == (
-        SERVICE_ROLE_KEY,
-        "public",
-    )
+    assert headers["apikey"] == SERVICE_ROLE_KEY
+    assert headers["Accept-Profile"] == "public"
 
 
 def test_listing_short_page_continues() -> None:
@@ -335,7 +334,8 @@ def test_rest_backfill_second_run_pays_nothing(
     rest_backfill(CountingAnalyzer())
     again = CountingAnalyzer()
     report = rest_backfill(again)
-    assert (again.calls, report.current) == (0, 5)
+    assert again.calls == 0
+    assert report.current == 5
 
 
 @pytest.mark.sql
@@ -351,7 +351,8 @@ def test_rest_backfill_resumes_after_interrupt(
     rest_backfill(second, concurrency=concurrency, page_size=3)
     third = InterruptingAnalyzer(interrupt_at=None)
     rest_backfill(third, concurrency=concurrency, page_size=3)
-    assert (first.calls + second.calls, third.calls) == (10, 0)
+    assert first.calls + second.calls == 10
+    assert third.calls == 0
 
 
 @pytest.mark.sql
@@ -402,7 +403,8 @@ def test_rest_backfill_failure_reported(
     )
     analyzer = FailingAnalyzer(fail_turns=2)
     report = rest_backfill(analyzer, concurrency=2)
-    assert (list(report.failed), analyzer.calls) == ([sessions[1]], 2)
+    assert list(report.failed) == [sessions[1]]
+    assert analyzer.calls == 2
 
 
 @pytest.mark.sql
@@ -480,7 +482,8 @@ def test_cli_rest_backfill(
 ) -> None:
     add_sessions(db, 3)
     code, out, _ = run(capsys, *BACKFILL)
-    assert (code, "analysed now: 3" in out) == (0, True)
+    assert code == 0
+    assert "analysed now: 3" in out
 
 
 @pytest.mark.sql
@@ -504,7 +507,9 @@ def test_cli_rest_backfill_refused_key_not_printed(
 ) -> None:
     supabase_env.setenv("SUPABASE_SERVICE_ROLE_KEY", FOREIGN_KEY)
     code, out, err = run(capsys, *BACKFILL)
-    assert (code, FOREIGN_KEY in out + err, "PGRST301" in err) == (2, False, True)
+    assert code == 2
+    assert FOREIGN_KEY not in out + err
+    assert "PGRST301" in err
 
 
 @pytest.mark.sql
@@ -520,7 +525,8 @@ def test_cli_rest_backfill_failure_exits_1(
         (sessions[0],),
     )
     code, out, _ = run(capsys, *BACKFILL)
-    assert (code, f"failed {sessions[0]}" in out) == (1, True)
+    assert code == 1
+    assert f"failed {sessions[0]}" in out
 
 
 @pytest.mark.sql
@@ -539,7 +545,8 @@ def test_cli_rest_backfill_interrupt_exits_130(
 
     supabase_env.setattr("salesai_cache._demo._make_analyzer", make_analyzer)
     code, _, err = run(capsys, *BACKFILL)
-    assert (code, "run the command again" in err) == (130, True)
+    assert code == 130
+    assert "run the command again" in err
 
 
 @pytest.mark.sql
@@ -552,10 +559,8 @@ def test_cli_supabase_flag_over_database_url(
     supabase_env.setenv("DATABASE_URL", "postgresql://nobody@/nowhere")
     add_sessions(db, 1)
     code, out, _ = run(capsys, *BACKFILL, "--supabase")
-    assert (code, f"Supabase: {URL} (key from SUPABASE_SERVICE_ROLE_KEY)" in out) == (
-        0,
-        True,
-    )
+    assert code == 0
+    assert f"Supabase: {URL} (key from SUPABASE_SERVICE_ROLE_KEY)" in out
 
 
 @pytest.mark.sql
@@ -567,7 +572,9 @@ def test_cli_database_url_over_supabase(
     supabase_env.setenv("DATABASE_URL", database_url)
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
         code, out, _ = run(capsys, *BACKFILL)
-    assert (code, "Database: " in out, router.calls.call_count) == (0, True, 0)
+    assert code == 0
+    assert "Database: " in out
+    assert router.calls.call_count == 0
 
 
 @pytest.mark.sql
@@ -579,14 +586,16 @@ def test_cli_secret_key_variable(
     supabase_env.delenv("SUPABASE_SERVICE_ROLE_KEY")
     supabase_env.setenv("SUPABASE_SECRET_KEY", SERVICE_ROLE_KEY)
     code, out, _ = run(capsys, *BACKFILL)
-    assert (code, "key from SUPABASE_SECRET_KEY" in out) == (0, True)
+    assert code == 0
+    assert "key from SUPABASE_SECRET_KEY" in out
 
 
 def test_cli_supabase_and_db_url_exit_2(
     supabase_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = run(capsys, *BACKFILL, "--supabase", "--db-url", "postgresql:///x")
-    assert (code, "--supabase and --db-url" in err) == (2, True)
+    assert code == 2
+    assert "--supabase and --db-url" in err
 
 
 def test_cli_supabase_without_key_exit_2(
@@ -595,7 +604,8 @@ def test_cli_supabase_without_key_exit_2(
     supabase_env.delenv("SUPABASE_SERVICE_ROLE_KEY")
     code, _, err = run(capsys, *BACKFILL)
     expected = "needs SUPABASE_SERVICE_ROLE_KEY or SUPABASE_SECRET_KEY"
-    assert (code, expected in err) == (2, True)
+    assert code == 2
+    assert expected in err
 
 
 def test_cli_supabase_without_url_exit_2(
@@ -603,11 +613,9 @@ def test_cli_supabase_without_url_exit_2(
 ) -> None:
     supabase_env.delenv("SUPABASE_URL")
     code, out, err = run(capsys, *BACKFILL)
-    assert (code, "needs SUPABASE_URL" in err, SERVICE_ROLE_KEY in out + err) == (
-        2,
-        True,
-        False,
-    )
+    assert code == 2
+    assert "needs SUPABASE_URL" in err
+    assert SERVICE_ROLE_KEY not in out + err
 
 
 def test_cli_supabase_flag_without_variables_exit_2(
@@ -616,10 +624,8 @@ def test_cli_supabase_flag_without_variables_exit_2(
     supabase_env.delenv("SUPABASE_URL")
     supabase_env.delenv("SUPABASE_SERVICE_ROLE_KEY")
     code, _, err = run(capsys, *BACKFILL, "--supabase")
-    assert (code, "needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY" in err) == (
-        2,
-        True,
-    )
+    assert code == 2
+    assert "needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY" in err
 
 
 def test_cli_two_different_keys_exit_2(
@@ -628,7 +634,9 @@ def test_cli_two_different_keys_exit_2(
     supabase_env.setenv("SUPABASE_SECRET_KEY", "sb_secret_other")
     code, out, err = run(capsys, *BACKFILL)
     leaked = SERVICE_ROLE_KEY in out + err or "sb_secret_other" in out + err
-    assert (code, "both set" in err, leaked) == (2, True, False)
+    assert code == 2
+    assert "both set" in err
+    assert not leaked
 
 
 def test_cli_no_configuration_names_variables(
@@ -637,11 +645,9 @@ def test_cli_no_configuration_names_variables(
     supabase_env.delenv("SUPABASE_URL")
     supabase_env.delenv("SUPABASE_SERVICE_ROLE_KEY")
     code, _, err = run(capsys, *BACKFILL)
-    assert (code, "DATABASE_URL" in err, "SUPABASE_SERVICE_ROLE_KEY" in err) == (
-        2,
-        True,
-        True,
-    )
+    assert code == 2
+    assert "DATABASE_URL" in err
+    assert "SUPABASE_SERVICE_ROLE_KEY" in err
 
 
 def test_cli_invalid_supabase_url_exit_2(
@@ -649,11 +655,9 @@ def test_cli_invalid_supabase_url_exit_2(
 ) -> None:
     supabase_env.setenv("SUPABASE_URL", "supabase.test")
     code, out, err = run(capsys, *BACKFILL)
-    assert (code, "'supabase.test'" in err, SERVICE_ROLE_KEY in out + err) == (
-        2,
-        True,
-        False,
-    )
+    assert code == 2
+    assert "'supabase.test'" in err
+    assert SERVICE_ROLE_KEY not in out + err
 
 
 # PostgreSQL roles under row-level security
@@ -688,7 +692,9 @@ def test_cli_backfill_rls_role_exit_2(
     add_sessions(db, 2)
     url = as_role_url(database_url, "authenticated")
     code, _, err = run(capsys, *BACKFILL, "--db-url", url)
-    assert (code, "owner" in err, "BYPASSRLS" in err) == (2, True, True)
+    assert code == 2
+    assert "owner" in err
+    assert "BYPASSRLS" in err
 
 
 @pytest.mark.sql

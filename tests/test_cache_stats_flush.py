@@ -1,7 +1,8 @@
 """
-Flushing the cache's counters to salesai_cache_stats, for both cache
-flavours over psycopg and over a supabase client whose requests a PostgREST
-emulator runs on the same database; and the exact PostgREST request.
+Flushing the cache's counters to salesai_cache_stats, for the sync and async
+caches over psycopg and over a supabase client. A PostgREST emulator runs the
+client's requests on the same database, and one test checks the exact
+PostgREST request.
 """
 
 from __future__ import annotations

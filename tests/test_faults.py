@@ -801,7 +801,8 @@ def test_close_warns_unwritten(
     with caplog.at_level(logging.WARNING, logger="salesai_cache"):
         cache.close()
     closing = [r.getMessage() for r in caplog.records if "Closing" in r.getMessage()]
-    assert len(closing) == 1 and session_id in closing[0]
+    assert len(closing) == 1
+    assert session_id in closing[0]
 
 
 @pytest.mark.sql

@@ -142,9 +142,9 @@ create policy "Service role can delete cache stats"
   using (true);
 
 -- 3. The sums that salesai-cache stats prints, as a function so that a direct
--- connection and PostgREST (whose aggregates Supabase turns off) get the
--- same answer. sum() of bigint is numeric; the casts keep bigint, which
--- PostgREST returns as JSON numbers.
+-- connection and PostgREST (whose aggregate functions are off by default)
+-- return the same sums. sum() of bigint is numeric, so the casts keep bigint,
+-- which PostgREST returns as JSON numbers.
 create or replace function public.salesai_cache_stats_summary(
   p_since timestamptz default null
 )
